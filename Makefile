@@ -1,0 +1,53 @@
+# Two commands on a fresh machine:
+#   make demo   -- set everything up, then run the main job on the embedded default
+#   make test   -- set everything up, then run the default test suite
+# Setup order matters: torch==2.13.0 (the CPU wheel) goes in first so nothing later can pull a CUDA build.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+# Debian packages the stack loads at run time: OSMesa for headless MuJoCo rendering (fallback to EGL),
+# libusb for pyrealsense2.
+DEB_PACKAGES := libosmesa6 libusb-1.0-0 libegl1
+PYTEST_ARGS ?= -m "not slow and not gpu and not ros and not hardware" -n 2
+
+.PHONY: setup system-deps test test-all demo bench lint clean
+
+setup: $(VENV)/.installed
+
+system-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test,dev]'
+	# robosuite 1.5.2 declares opencv-python (GUI build, aborts headless), mink and pynput, none of which
+	# the stack uses: install it without deps; its real runtime deps are in pyproject.toml.
+	$(BIN)/pip install -q --no-deps robosuite==1.5.2
+	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch moved to ' + v)"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -m "not gpu and not ros and not hardware" -n 2
+
+demo: setup
+	$(BIN)/robot-policy demo
+
+lint: setup
+	$(BIN)/ruff check robot_policy tests
+	$(BIN)/mypy robot_policy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Training state and updates: BC, residual PPO, latent-noise SAC, distillation."""

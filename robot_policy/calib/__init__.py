@@ -1,0 +1,1 @@
+"""Calibration: intrinsics, hand-eye, base-to-base."""

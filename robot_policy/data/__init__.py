@@ -1,0 +1,1 @@
+"""Episode store (zarr v3): writer, reader, sampler, normalizer, converters."""

@@ -1,0 +1,1 @@
+"""Simulated tasks behind one env interface; scripted experts; vector envs."""

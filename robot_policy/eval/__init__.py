@@ -1,0 +1,1 @@
+"""Rollouts, success with confidence intervals, videos, reports."""

@@ -1,0 +1,1 @@
+"""Networks: the RDT-style transformer, encoders, noise schedules and samplers."""

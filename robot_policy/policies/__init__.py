@@ -1,0 +1,1 @@
+"""Inference objects: ``predict_chunk(obs) -> ActionChunk``."""

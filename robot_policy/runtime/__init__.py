@@ -1,0 +1,1 @@
+"""Deployment core with no ROS import: backends, chunk scheduler, safety filter, watchdog."""

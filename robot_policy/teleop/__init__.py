@@ -1,0 +1,1 @@
+"""Teleoperation devices and the recorder into the episode store."""

@@ -1,0 +1,1 @@
+"""Training loops, checkpoints (safetensors + JSON), EMA, logging, distributed launch."""
