@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -43,8 +42,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     cache[marker] = probe()
                 if not cache[marker]:
                     item.add_marker(pytest.mark.skip(reason=why))
-
-
-@pytest.fixture
-def ffmpeg_available() -> bool:
-    return shutil.which("ffmpeg") is not None
