@@ -1,1 +1,11 @@
 """Episode store (zarr v3): writer, reader, sampler, normalizer, converters."""
+
+from robot_policy.data.normalizer import Normalizer, StatsError, compute_stats
+from robot_policy.data.sampler import SequenceSampler, gather_windows, split_episodes
+from robot_policy.data.store import CameraInfo, EpisodeData, EpisodeStore, StoreError
+from robot_policy.data.validate import Problem, validate_store
+
+__all__ = [
+    "CameraInfo", "EpisodeData", "EpisodeStore", "StoreError", "Normalizer", "StatsError", "compute_stats",
+    "SequenceSampler", "gather_windows", "split_episodes", "Problem", "validate_store",
+]

@@ -51,10 +51,13 @@ def rot6d_to_matrix(rot6d: np.ndarray) -> np.ndarray:
     return m.reshape((*lead, 3, 3))
 
 
-def canonical_quat(quat_xyzw: np.ndarray) -> np.ndarray:
-    """Pick the sign with w >= 0 (q and -q are the same rotation), so round trips compare equal."""
+def canonical_quat(quat_xyzw: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Pick one of q and -q (the same rotation) so round trips compare equal: the first component of
+    (w, x, y, z) that is not ~0 is made positive (w > 0 in all but the 180-degree cases)."""
     q = np.asarray(quat_xyzw, dtype=np.float64)
-    sign = np.where(q[..., 3:4] < 0, -1.0, 1.0)
+    order = q[..., [3, 0, 1, 2]]
+    first = np.argmax(np.abs(order) > eps, axis=-1)[..., None]
+    sign = np.where(np.take_along_axis(order, first, axis=-1) < 0, -1.0, 1.0)
     return q * sign
 
 
@@ -65,7 +68,7 @@ def quat_to_matrix(quat_xyzw: np.ndarray) -> np.ndarray:
 
 
 def matrix_to_quat(matrix: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) -> (..., 4) scalar-last quaternions, canonical sign (w >= 0)."""
+    """(..., 3, 3) -> (..., 4) scalar-last quaternions, canonical sign (see ``canonical_quat``)."""
     m, lead = _flat(matrix, (3, 3), "matrix_to_quat")
     return canonical_quat(Rotation.from_matrix(m).as_quat()).reshape((*lead, 4))
 

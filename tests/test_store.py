@@ -1,0 +1,292 @@
+"""The zarr episode store: round trips, input checks, commit protocol, crash safety, validation."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from robot_policy.cli.main import main as cli_main
+from robot_policy.data.store import CameraInfo, EpisodeStore, StoreError
+from robot_policy.data.validate import validate_store
+from robot_policy.spaces import load_embodiment
+
+SPEC = load_embodiment("panda_bimanual_joint")
+CAM = CameraInfo(24, 32)
+
+
+def make_episode(seed: int, length: int | None = None) -> dict[str, np.ndarray]:
+    """A deterministic episode: same seed, same bytes."""
+    rng = np.random.default_rng(seed)
+    T = length if length is not None else 20 + seed % 23
+    return {
+        "state": (rng.standard_normal((T, 128)) * SPEC.state.mask).astype(np.float32),
+        "action": (rng.standard_normal((T, 128)) * SPEC.action.mask).astype(np.float32),
+        "timestamp": 100.0 * seed + np.arange(T) / 20.0,
+        "object_state": rng.standard_normal((T, 9)).astype(np.float32),
+        "images/front": rng.integers(0, 256, (T, CAM.height, CAM.width, 3), dtype=np.uint8),
+    }
+
+
+def assert_episode_equal(store: EpisodeStore, index: int, expected: dict[str, np.ndarray]) -> None:
+    got = store.get_episode(index)
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype, key
+        assert np.array_equal(got[key], value), f"episode {index} key {key} differs"
+
+
+def new_store(path: Path) -> EpisodeStore:
+    return EpisodeStore.create(path, SPEC, cameras={"front": CAM}, provenance={"source": "test"})
+
+
+def stream(store: EpisodeStore, episode: dict[str, np.ndarray], **meta) -> int:
+    with store.stream_episode(language=meta.get("language", "")) as writer:
+        for t in range(episode["state"].shape[0]):
+            writer.add_step(state=episode["state"][t], action=episode["action"][t],
+                            timestamp=float(episode["timestamp"][t]), images={"front": episode["images/front"][t]},
+                            object_state=episode["object_state"][t])
+        return writer.commit(success=meta.get("success"))
+
+
+def test_whole_and_streamed_episodes_read_back_bit_for_bit(tmp_path: Path) -> None:
+    with new_store(tmp_path / "s.zarr") as store:
+        store.add_episode(make_episode(0), language="lift", seed=7, success=True)
+        stream(store, make_episode(1), language="hand over", success=False)
+        store.add_episode(make_episode(2, length=1))
+    store = EpisodeStore.open(tmp_path / "s.zarr")
+    assert store.n_episodes == 3
+    for i in range(3):
+        assert_episode_equal(store, i, make_episode(i, length=1 if i == 2 else None))
+    meta = store.episode_meta()
+    assert meta["language"].tolist() == ["lift", "hand over", ""]
+    assert meta["seed"].tolist() == [7, -1, -1]
+    assert meta["success"].tolist() == [1, 0, -1]
+    assert np.array_equal(meta["action_mask"][0], SPEC.action.mask)
+    ram = store.load()
+    assert set(ram.data) == {"state", "action", "timestamp", "object_state"}
+    assert ram.episode_bounds(1) == (int(store.episode_ends[0]), int(store.episode_ends[1]))
+    assert validate_store(tmp_path / "s.zarr") == []
+
+
+def test_bad_episodes_are_rejected_naming_key_and_step(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr")
+    ep = make_episode(0)
+    bad = {**ep, "action": ep["action"].copy()}
+    bad["action"][5, 52] = np.nan
+    with pytest.raises(StoreError, match=r"action: NaN or Inf at step 5, slot left_arm_joint_pos\[2\]"):
+        store.add_episode(bad)
+    with pytest.raises(StoreError, match=r"missing required key\(s\) \['timestamp'\]"):
+        store.add_episode({k: v for k, v in ep.items() if k != "timestamp"})
+    with pytest.raises(StoreError, match="images/front: expected uint8"):
+        store.add_episode({**ep, "images/front": ep["images/front"][:, :10]})
+    with pytest.raises(StoreError, match="disagree on length"):
+        store.add_episode({**ep, "action": ep["action"][:-1]})
+    ts = ep["timestamp"].copy()
+    ts[3] = ts[2]
+    with pytest.raises(StoreError, match="timestamp: not strictly increasing at step 3"):
+        store.add_episode({**ep, "timestamp": ts})
+    outside = {**ep, "state": ep["state"].copy()}
+    outside["state"][2, 47] = 1.0  # a reserved slot
+    with pytest.raises(StoreError, match=r"state: step 2 writes slot reserved\[47\]"):
+        store.add_episode(outside)
+    assert store.n_episodes == 0
+    store.add_episode(ep)
+    with pytest.raises(StoreError, match=r"unexpected \['reward'\]"):
+        store.add_episode({**make_episode(1), "reward": np.zeros(make_episode(1)["state"].shape[0])})
+    store.close()
+    # Nothing of the rejected episodes is visible, and the store is clean.
+    assert EpisodeStore.open(tmp_path / "s.zarr").n_episodes == 1
+    assert validate_store(tmp_path / "s.zarr") == []
+
+
+def test_stream_without_commit_leaves_nothing(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr")
+    store.add_episode(make_episode(0))
+    ep = make_episode(1, length=40)
+    with pytest.raises(RuntimeError, match="operator stopped"):
+        with store.stream_episode() as writer:
+            for t in range(30):
+                writer.add_step(state=ep["state"][t], action=ep["action"][t], timestamp=float(ep["timestamp"][t]),
+                                images={"front": ep["images/front"][t]}, object_state=ep["object_state"][t])
+            raise RuntimeError("operator stopped")
+    assert store.n_episodes == 1
+    assert store.array("images/front").shape[0] == store.n_steps
+    store.close()
+    assert validate_store(tmp_path / "s.zarr") == []
+
+
+def test_single_writer_lock(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match="being written by another process"):
+        EpisodeStore.open(tmp_path / "s.zarr", mode="a")
+    store.close()
+    EpisodeStore.open(tmp_path / "s.zarr", mode="a").close()
+
+
+def test_interrupted_commit_is_ignored_then_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    with new_store(path) as store:
+        for i in range(2):
+            store.add_episode(make_episode(i))
+    # Simulate a crash between the two writes of a commit: the shape grew, the chunk was not rewritten.
+    ends = zarr.open_array(str(path / "meta/episode_ends"), mode="r+")
+    ends.resize((3,))
+    problems = validate_store(path)
+    assert [p.severity for p in problems] == ["warning"]
+    assert "interrupted commit" in problems[0].message
+    assert EpisodeStore.open(path).n_episodes == 2
+    with EpisodeStore.open(path, mode="a") as store:
+        assert store.n_episodes == 2
+        store.add_episode(make_episode(5))
+    store = EpisodeStore.open(path)
+    assert store.n_episodes == 3
+    assert_episode_equal(store, 2, make_episode(5))
+    assert validate_store(path) == []
+
+
+# ---- crash test -----------------------------------------------------------------------------------
+
+def _child_writer(path: str, first_seed: int, n_episodes: int, events: mp.Queue) -> None:
+    """Streams episodes first_seed.. into the store, reporting progress, until killed."""
+    store = EpisodeStore.open(path, mode="a")
+    for seed in range(first_seed, first_seed + n_episodes):
+        ep = make_episode(seed)
+        with store.stream_episode(language=f"episode {seed}") as writer:
+            for t in range(ep["state"].shape[0]):
+                writer.add_step(state=ep["state"][t], action=ep["action"][t], timestamp=float(ep["timestamp"][t]),
+                                images={"front": ep["images/front"][t]}, object_state=ep["object_state"][t])
+                if t == 18:
+                    events.put(("mid", seed))
+                time.sleep(0.002)
+            writer.commit()
+        events.put(("committed", seed))
+
+
+def _kill_child(path: Path, first_seed: int, kill_at_mid_of: int | None, delay: float) -> int:
+    """Run a child writer and SIGKILL it; return the number of commits it reported."""
+    ctx = mp.get_context("spawn")
+    events: mp.Queue = ctx.Queue()
+    child = ctx.Process(target=_child_writer, args=(str(path), first_seed, 50, events))
+    child.start()
+    committed = 0
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            kind, seed = events.get(timeout=60)
+            committed += kind == "committed"
+            if kill_at_mid_of is not None and kind == "mid" and seed == first_seed + kill_at_mid_of:
+                break
+            if kill_at_mid_of is None and committed >= 1:
+                time.sleep(delay)
+                break
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    while not events.empty():
+        kind, _ = events.get()
+        committed += kind == "committed"
+    return committed
+
+
+def test_sigkill_mid_episode_keeps_every_committed_episode(tmp_path: Path) -> None:
+    path = tmp_path / "crash.zarr"
+    new_store(path).close()
+    seeds: list[int] = []
+    # First a kill in the middle of an episode (after some image blocks hit the disk), then kills at
+    # arbitrary moments, which sometimes land inside a commit.
+    rng = np.random.default_rng(0)
+    for trial, kill_mid in enumerate([3, None, None, None]):
+        first_seed = 1000 * (trial + 1)
+        reported = _kill_child(path, first_seed, kill_mid, delay=float(rng.uniform(0.0, 0.3)))
+        problems = validate_store(path)
+        assert not [p for p in problems if p.severity == "error"], problems
+        store = EpisodeStore.open(path)
+        new = store.n_episodes - len(seeds)
+        assert new >= reported, "an episode whose commit was reported is missing"
+        seeds += [first_seed + i for i in range(new)]
+        for index, seed in enumerate(seeds):
+            assert_episode_equal(store, index, make_episode(seed))
+        assert store.episode_meta()["language"].tolist() == [f"episode {s}" for s in seeds]
+    assert len(seeds) >= 3
+    # The next writer repairs the leftovers and appends.
+    with EpisodeStore.open(path, mode="a") as store:
+        store.add_episode(make_episode(7))
+    assert validate_store(path) == []
+    assert not list(path.rglob("*.partial"))
+
+
+# ---- validate -------------------------------------------------------------------------------------
+
+def _valid_store(path: Path) -> Path:
+    with new_store(path) as store:
+        for i in range(3):
+            store.add_episode(make_episode(i))
+    return path
+
+
+def _validate_cli(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli_main(["dataset", "validate", str(path)])
+    return code, capsys.readouterr().out
+
+
+def test_validate_passes_a_valid_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _validate_cli(_valid_store(tmp_path / "ok.zarr"), capsys)
+    assert code == 0 and "valid" in out
+
+
+def test_validate_reports_truncated_array(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _valid_store(tmp_path / "s.zarr")
+    arr = zarr.open_array(str(path / "data/action"), mode="r+")
+    arr.resize((arr.shape[0] - 5, 128))
+    code, out = _validate_cli(path, capsys)
+    assert code == 1
+    assert "data/action: truncated" in out
+
+
+def test_validate_reports_non_monotone_episode_ends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _valid_store(tmp_path / "s.zarr")
+    ends = zarr.open_array(str(path / "meta/episode_ends"), mode="r+")
+    values = ends[:]
+    ends[1] = values[0] - 1
+    code, out = _validate_cli(path, capsys)
+    assert code == 1
+    assert "meta/episode_ends[1]: not increasing" in out
+
+
+def test_validate_reports_nan_in_action(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _valid_store(tmp_path / "s.zarr")
+    arr = zarr.open_array(str(path / "data/action"), mode="r+")
+    row = int(zarr.open_array(str(path / "meta/episode_ends"))[0]) + 4
+    arr[row, 3] = np.nan
+    code, out = _validate_cli(path, capsys)
+    assert code == 1
+    assert f"data/action[{row}]: 1+ NaN/Inf values, first at row {row} slot right_arm_joint_pos[3] (episode 1)" in out
+
+
+def test_validate_reports_missing_root_attribute(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _valid_store(tmp_path / "s.zarr")
+    root = zarr.open_group(str(path), mode="r+")
+    attrs = dict(root.attrs)
+    del attrs["control_hz"]
+    root.attrs.clear()
+    root.attrs.update(attrs)
+    code, out = _validate_cli(path, capsys)
+    assert code == 1
+    assert "attrs.control_hz: missing root attribute" in out
+    with pytest.raises(StoreError, match="'control_hz' is missing"):
+        EpisodeStore.open(path)
+
+
+def test_validate_reports_every_problem_at_once(tmp_path: Path) -> None:
+    path = _valid_store(tmp_path / "s.zarr")
+    zarr.open_array(str(path / "data/state"), mode="r+")[2, 0] = np.inf
+    zarr.open_array(str(path / "data/action"), mode="r+")[1, 100] = 0.5  # base_vel: not in the action mask
+    keys = {p.key for p in validate_store(path) if p.severity == "error"}
+    assert keys == {"data/state", "data/action"}
