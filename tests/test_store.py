@@ -121,6 +121,18 @@ def test_stream_without_commit_leaves_nothing(tmp_path: Path) -> None:
     assert validate_store(tmp_path / "s.zarr") == []
 
 
+def test_discarded_first_episode_does_not_fix_the_keys(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr")
+    ep = make_episode(0)
+    with store.stream_episode() as writer:
+        writer.add_step(state=ep["state"][0], action=ep["action"][0], timestamp=0.0,
+                        images={"front": ep["images/front"][0]}, object_state=ep["object_state"][0])
+    store.add_episode({k: v for k, v in ep.items() if k != "object_state"})
+    assert store.data_keys == ["action", "images/front", "state", "timestamp"]
+    store.close()
+    assert validate_store(tmp_path / "s.zarr") == []
+
+
 def test_single_writer_lock(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s.zarr")
     with pytest.raises(StoreError, match="being written by another process"):

@@ -78,3 +78,18 @@ def verb_help(verb: str, doc: str, config_name: str | None) -> str:
 def fail(message: str, code: int = 2) -> int:
     print(f"robot-policy: {message}", file=sys.stderr)
     return code
+
+
+def parse_overrides(cls: type[T], overrides: list[str], where: str = "") -> T:
+    """``key=value`` overrides on the defaults of dataclass ``cls`` (typed by OmegaConf); unknown keys fail."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"expected key=value overrides, got {bad}")
+    try:
+        base = OmegaConf.structured(cls)
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where or cls.__name__}: {str(e).splitlines()[0]}") from None
+    return to_dataclass(cls, merged, where)

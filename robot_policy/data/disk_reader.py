@@ -27,26 +27,34 @@ class TensorstoreReader:
         path: store directory.
         keys: data keys to read (``state``, ``action``, ``images/front``...).
         cache_bytes: tensorstore's decoded-chunk cache; 0 (default) makes every read decode from disk.
+        concurrency: cap on tensorstore's file-I/O and decode threads; None = its defaults.
     """
 
-    def __init__(self, path: str | Path, keys: list[str], cache_bytes: int = 0) -> None:
+    def __init__(self, path: str | Path, keys: list[str], cache_bytes: int = 0,
+                 concurrency: int | None = None) -> None:
         self.path = Path(path)
         self.keys = list(keys)
         self.cache_bytes = cache_bytes
+        self.concurrency = concurrency
         self._handles: dict[str, Any] = {}
         self._pid = -1
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "keys": self.keys, "cache_bytes": self.cache_bytes}
+        return {"path": self.path, "keys": self.keys, "cache_bytes": self.cache_bytes,
+                "concurrency": self.concurrency}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["keys"], state["cache_bytes"])  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]
 
     def _arrays(self) -> dict[str, Any]:
         if self._pid != os.getpid():
             import tensorstore as ts
 
-            context = ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
+            spec: dict[str, Any] = {"cache_pool": {"total_bytes_limit": self.cache_bytes}}
+            if self.concurrency is not None:
+                spec["data_copy_concurrency"] = {"limit": self.concurrency}
+                spec["file_io_concurrency"] = {"limit": self.concurrency}
+            context = ts.Context(spec)
             self._handles = {
                 key: ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(self.path / "data" / key)}},
                              read=True, context=context).result()

@@ -133,6 +133,8 @@ class EpisodeStore:
         self.writable = writable
         self._lock_fd = lock_fd
         self._arrays: dict[str, zarr.Array] = {}
+        # Listing a zarr group costs ~1 ms; the key set only changes when this process creates an array.
+        self._data_keys = set(_array_keys(root["data"])) if "data" in root else set()
         attrs = dict(root.attrs)
         for key in fmt.REQUIRED_ATTRS:
             if key not in attrs:
@@ -233,7 +235,7 @@ class EpisodeStore:
 
     @property
     def data_keys(self) -> list[str]:
-        return sorted(_array_keys(self._root["data"]))
+        return sorted(self._data_keys)
 
     def array(self, key: str) -> zarr.Array:
         """The lazy zarr array ``data/<key>``. Its length may exceed ``n_steps`` by an uncommitted tail."""
@@ -359,7 +361,7 @@ class EpisodeStore:
                                  f"{values.dtype} {values.shape}")
         elif values.dtype.kind not in "biuf":
             raise StoreError(f"{key}: only numeric extra keys are supported, got dtype {values.dtype}")
-        if key in self._arrays or key in self.data_keys:
+        if key in self._data_keys:
             arr = self.array(key)
             if values.shape[1:] != arr.shape[1:]:
                 raise StoreError(f"{key}: row shape {values.shape[1:]} differs from the store's {arr.shape[1:]}")
@@ -391,9 +393,9 @@ class EpisodeStore:
         """
         self._check_writable()
         values = np.asarray(values)
-        data = self._root["data"]
-        assert isinstance(data, zarr.Group)
-        if key not in data:
+        if key not in self._data_keys:
+            data = self._root["data"]
+            assert isinstance(data, zarr.Group)
             if self.n_episodes:
                 raise StoreError(f"data key {key!r} is not in this store; keys: {self.data_keys}")
             dtype, _ = fmt.FIXED_DATA.get(key, (values.dtype, ()))
@@ -402,6 +404,7 @@ class EpisodeStore:
             else:
                 chunks, codec = (fmt.LOWDIM_CHUNK_ROWS, *values.shape[1:]), fmt.lowdim_codec()
             data.create_array(key, shape=(0, *values.shape[1:]), chunks=chunks, dtype=dtype, compressors=codec)
+            self._data_keys.add(key)
         arr = self.array(key)
         end = first_row + values.shape[0]
         if arr.shape[0] < end:
@@ -468,6 +471,12 @@ class EpisodeStore:
         """Cut every array back to the committed episodes (drops an episode in progress)."""
         self._check_writable()
         n, e = self.n_steps, self.n_episodes
+        if e == 0 and self._data_keys:
+            # No committed episode fixes the keys yet: drop the arrays so the next first episode may differ.
+            del self._root["data"]
+            self._root.create_group("data")
+            self._data_keys.clear()
+            self._arrays = {k: v for k, v in self._arrays.items() if k.startswith("meta/")}
         for key in self.data_keys:
             arr = self.array(key)
             if arr.shape[0] != n:

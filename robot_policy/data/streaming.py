@@ -36,12 +36,12 @@ class StreamingEpisodeWriter:
         store: an EpisodeStore open for writing.
         language, seed, state_mask, action_mask: per-episode meta (see ``EpisodeStore.add_episode``).
         max_pending_blocks: image blocks queued for the writer thread before ``add_step`` blocks
-            (bounds RAM: 8 blocks of 16 frames of two 224x224 cameras is ~19 MB).
+            (bounds RAM: 4 blocks of 32 frames of a 224x224 camera is ~19 MB).
     """
 
     def __init__(self, store: EpisodeStore, *, language: str = "", seed: int = -1,
                  state_mask: np.ndarray | None = None, action_mask: np.ndarray | None = None,
-                 max_pending_blocks: int = 8) -> None:
+                 max_pending_blocks: int = 4) -> None:
         self.store = store
         self._meta: dict[str, Any] = {"language": language, "seed": seed, "state_mask": state_mask,
                                       "action_mask": action_mask}
