@@ -93,3 +93,15 @@ def parse_overrides(cls: type[T], overrides: list[str], where: str = "") -> T:
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where or cls.__name__}: {str(e).splitlines()[0]}") from None
     return to_dataclass(cls, merged, where)
+
+
+def pop_override(overrides: list[str], key: str) -> tuple[list[str], str | None]:
+    """Take ``key=value`` out of ``overrides``. For keys whose name is also a config group (``policy``):
+    Hydra would read ``policy=<checkpoint dir>`` as a group choice."""
+    rest, value = [], None
+    for item in overrides:
+        if item.startswith(key + "="):
+            value = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    return rest, value

@@ -58,10 +58,12 @@ def register_expert(env_key: str) -> Callable[[X], X]:
     return deco
 
 
-def make_expert(env: ManipulationEnv, noise: float = 0.0, seed: int = 0) -> ScriptedExpert:
+def make_expert(env: ManipulationEnv, noise: float | None = None, seed: int = 0) -> ScriptedExpert:
+    """The scripted expert of ``env``'s task; ``noise=None`` uses the expert's own collection default."""
     key = env.task.env
     if key not in _EXPERTS and key in _ENV_MODULES:
         importlib.import_module(_ENV_MODULES[key])
     if key not in _EXPERTS:
         raise KeyError(f"no scripted expert for env {key!r}; experts exist for: {', '.join(sorted(_EXPERTS))}")
-    return _EXPERTS[key](env, noise=noise, seed=seed)
+    cls = _EXPERTS[key]
+    return cls(env, seed=seed) if noise is None else cls(env, noise=noise, seed=seed)

@@ -1,0 +1,70 @@
+"""What every inference object returns, and the interface the evaluation harness and runtime call.
+
+    chunk = policy.predict_chunk(obs)      # obs: the env observation dict (unbatched)
+    chunk.unified                          # (Ta, 128) actions in the unified space, SI units
+    chunk.execute_horizon                  # how many of them to run before asking again
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from robot_policy.spaces.unified import UNIFIED_DIM
+
+
+@dataclass
+class ActionChunk:
+    """A chunk of future actions, stamped relative to the observation it was computed from.
+
+    Attributes:
+        unified: (Ta, 128) float32 unified actions; row i is meant for ``obs_time + timestamps[i]``.
+        mask: (128,) float32, 1 for the action slots the embodiment uses.
+        timestamps: (Ta,) seconds after the observation: ``i / control_hz``.
+        execute_horizon: actions to execute before the next inference (1 <= h <= Ta).
+        native: optional native action fields ``{name: (Ta, dim)}`` of the embodiment.
+    """
+
+    unified: np.ndarray
+    mask: np.ndarray
+    timestamps: np.ndarray
+    execute_horizon: int
+    native: dict[str, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if self.unified.ndim != 2 or self.unified.shape[1] != UNIFIED_DIM:
+            raise ValueError(f"ActionChunk.unified: expected (Ta, {UNIFIED_DIM}), got {self.unified.shape}")
+        horizon = self.unified.shape[0]
+        if self.timestamps.shape != (horizon,):
+            raise ValueError(f"ActionChunk.timestamps: expected ({horizon},), got {self.timestamps.shape}")
+        if not 1 <= self.execute_horizon <= horizon:
+            raise ValueError(f"ActionChunk.execute_horizon must be in [1, {horizon}], got {self.execute_horizon}")
+
+    @property
+    def horizon(self) -> int:
+        return int(self.unified.shape[0])
+
+    @classmethod
+    def from_unified(cls, unified: np.ndarray, mask: np.ndarray, control_hz: float,
+                     execute_horizon: int | None = None) -> ActionChunk:
+        unified = np.asarray(unified, dtype=np.float32).reshape(-1, UNIFIED_DIM)
+        horizon = unified.shape[0]
+        return cls(unified=unified, mask=np.asarray(mask, np.float32),
+                   timestamps=np.arange(horizon, dtype=np.float64) / control_hz,
+                   execute_horizon=horizon if execute_horizon is None else execute_horizon)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything with ``predict_chunk``; ``reset`` (called with the episode seed) is optional."""
+
+    def predict_chunk(self, obs: dict[str, np.ndarray]) -> ActionChunk: ...
+
+
+def reset_policy(policy: object, seed: int) -> None:
+    """Call ``policy.reset(seed)`` if the policy has one (stateful or stochastic policies)."""
+    reset = getattr(policy, "reset", None)
+    if callable(reset):
+        reset(seed)

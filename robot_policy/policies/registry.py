@@ -1,0 +1,43 @@
+"""Policies by name or checkpoint path: ``load_policy("scripted", env)``, ``load_policy("runs/x/ckpt", env)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from robot_policy.envs.base import ManipulationEnv
+from robot_policy.policies.base import Policy
+from robot_policy.policies.builtin import RandomPolicy, ScriptedPolicy
+
+PolicyFactory = Callable[..., Policy]
+
+_BUILTIN: dict[str, PolicyFactory] = {"scripted": ScriptedPolicy, "random": RandomPolicy}
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    if name in _BUILTIN:
+        raise KeyError(f"policy {name!r} is already registered")
+    _BUILTIN[name] = factory
+
+
+def is_checkpoint(spec: str | Path) -> bool:
+    path = Path(spec)
+    return path.is_dir() and (path / "config.json").exists()
+
+
+def load_policy(spec: str | Path, env: ManipulationEnv, **kwargs: Any) -> Policy:
+    """A built-in policy by name (built for ``env``), or a trained policy from a checkpoint directory.
+
+    ``kwargs`` go to the built-in's constructor, or to ``DiffusionPolicy.from_checkpoint``.
+    """
+    if is_checkpoint(spec):
+        from robot_policy.policies.diffusion import DiffusionPolicy
+
+        return DiffusionPolicy.from_checkpoint(spec, **kwargs)
+    name = str(spec)
+    if name not in _BUILTIN:
+        hint = " (a path that is not a checkpoint directory with config.json)" if ("/" in name or Path(name).exists()) else ""
+        raise KeyError(f"unknown policy {name!r}{hint}; built-in policies: {', '.join(sorted(_BUILTIN))}, "
+                       "or a checkpoint directory")
+    return _BUILTIN[name](env, **kwargs)
