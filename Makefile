@@ -36,11 +36,12 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch moved to ' + v)"
 	touch $@
 
+# One torch/BLAS thread per pytest-xdist worker: two workers x two threads on two cores thrash.
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-all: setup
-	$(BIN)/python -m pytest -m "not gpu and not ros and not hardware" -n 2
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -m "not gpu and not ros and not hardware" -n 2
 
 demo: setup
 	$(BIN)/robot-policy demo
