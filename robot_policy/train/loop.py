@@ -1,0 +1,331 @@
+"""The training loop: episode stores -> checkpoints of an RDT-style diffusion policy.
+
+    run = train(TrainConfig(out="runs/lift", datasets=[DatasetEntry("datasets/lift.zarr")]), policy_cfg)
+
+One process, or several under ``torchrun`` (DDP; gloo on CPU, NCCL on GPU): each rank trains on its rows of
+every global batch (see :mod:`robot_policy.data.mixture`), so results match one process on the same global
+batch. Rank 0 writes checkpoints (every ``ckpt_every`` steps and at the end), TensorBoard logs and
+``metrics.jsonl``. ``resume=True`` continues the run in ``out`` from its latest checkpoint: the same
+batches and random draws follow, so the loss curve continues as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness, prepare_training_inputs
+from robot_policy.algorithms.inputs import LanguageTable, make_model_inputs, normalized_actions
+from robot_policy.data import format as fmt
+from robot_policy.data.mixture import MixtureDataset, StepBatchSampler, make_step_loader
+from robot_policy.data.normalizer import Normalizer, compute_stats, merge_stats
+from robot_policy.data.sampler import SequenceSampler, split_episodes
+from robot_policy.data.store import EpisodeStore
+from robot_policy.data.torch_dataset import WindowBatchDataset
+from robot_policy.models.rdt import RDTConfig, RDTPolicyModel
+from robot_policy.models.text import make_text_encoder
+from robot_policy.train import checkpoint as ckpt
+from robot_policy.train.distributed import DistributedContext, distributed_context
+from robot_policy.train.ema import EMA
+from robot_policy.train.schedule import make_scheduler
+
+
+@dataclass
+class DatasetEntry:
+    """One episode store in the training mixture."""
+
+    path: str
+    #: relative sampling weight of this store's windows
+    weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``robot-policy train`` besides the policy config."""
+
+    out: str
+    datasets: list[DatasetEntry]
+    #: cameras the policy sees; empty = state (+ object state) only
+    cameras: list[str] = field(default_factory=list)
+    #: condition on the stores' object_state (privileged low-dim object features)
+    use_object_state: bool = True
+    steps: int = 20_000
+    #: global batch size (split across DDP ranks)
+    batch_size: int = 64
+    seed: int = 0
+    val_fraction: float = 0.05
+    val_every: int = 500
+    val_batches: int = 4
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 3
+    resume: bool = False
+    #: DataLoader worker processes per rank
+    num_workers: int = 0
+    #: "auto" = cuda if available else cpu
+    device: str = "auto"
+    #: torch threads per rank; None = torch's default
+    torch_threads: int | None = None
+    #: actions executed per chunk at inference, stored in the checkpoint
+    execute_horizon: int = 8
+    normalizer: dict[str, str] = field(default_factory=lambda: {"state": "gaussian", "action": "minmax",
+                                                                 "object_state": "gaussian"})
+    optim: BCConfig = field(default_factory=BCConfig)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.datasets = [d if isinstance(d, DatasetEntry) else DatasetEntry(**d) for d in self.datasets]
+        if isinstance(self.optim, dict):
+            self.optim = BCConfig(**self.optim)
+        if not self.datasets:
+            raise ValueError("datasets: give at least one store (dataset.path=...)")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if min(self.ckpt_every, self.log_every, self.val_every) < 1:
+            raise ValueError("ckpt_every, log_every and val_every must be >= 1")
+
+
+@dataclass
+class TrainingData:
+    train: MixtureDataset
+    val: MixtureDataset | None
+    normalizer: Normalizer
+    stores: list[EpisodeStore]
+
+
+def build_data(cfg: TrainConfig, obs_horizon: int, horizon: int) -> TrainingData:
+    """Open the stores, split episodes, compute (merged) normalisation stats, build the mixtures."""
+    stores = [EpisodeStore.open(d.path) for d in cfg.datasets]
+    obj_dims = [s.array(fmt.OBJECT_STATE).shape[1] if fmt.OBJECT_STATE in s.data_keys else 0 for s in stores]
+    object_dim = max(obj_dims) if cfg.use_object_state else 0
+    for cam in cfg.cameras:
+        if not any(cam in s.cameras for s in stores):
+            raise ValueError(f"camera {cam!r} is in none of the stores (they have "
+                             f"{sorted({c for s in stores for c in s.cameras})})")
+    obs_keys = (fmt.STATE,) + ((fmt.OBJECT_STATE,) if object_dim else ()) + tuple(
+        fmt.image_key(c) for c in cfg.cameras)
+    train_sets, val_sets, parts = [], [], []
+    for store, obj_dim in zip(stores, obj_dims):
+        if store.n_episodes == 0:
+            raise ValueError(f"{store.path} has no episodes")
+        keys = tuple(k for k in obs_keys if k in store.data_keys)
+        tr, va = split_episodes(store.n_episodes, cfg.val_fraction, cfg.seed)
+        train_sets.append(WindowBatchDataset(store, SequenceSampler(store.episode_ends, obs_horizon, horizon, tr),
+                                             obs_keys=keys))
+        if va.size:
+            val_sets.append(WindowBatchDataset(store, SequenceSampler(store.episode_ends, obs_horizon, horizon, va),
+                                               obs_keys=keys))
+        stat_keys = [fmt.STATE, fmt.ACTION] + ([fmt.OBJECT_STATE] if object_dim and obj_dim else [])
+        data = store.load(stat_keys)
+        if object_dim and obj_dim and obj_dim < object_dim:  # stats over the zero-padded width
+            data.data[fmt.OBJECT_STATE] = np.pad(data.data[fmt.OBJECT_STATE], ((0, 0), (0, object_dim - obj_dim)))
+        parts.append((compute_stats(data, stat_keys), store.n_steps))
+    stats = merge_stats(parts)
+    modes = {k: v for k, v in cfg.normalizer.items() if k in stats}
+    normalizer = Normalizer(stats, modes)
+    hz = [s.control_hz for s in stores]
+    train = MixtureDataset(train_sets, hz, cfg.cameras, object_dim)
+    val = MixtureDataset(val_sets, [s.control_hz for s, _ in zip(stores, val_sets)], cfg.cameras, object_dim) \
+        if val_sets and len(val_sets) == len(stores) else None
+    return TrainingData(train, val, normalizer, stores)
+
+
+def complete_policy_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -> RDTConfig:
+    """Fill the observation encoder from the data: which cameras, which object-state width."""
+    obs = dataclasses.replace(policy.obs_encoder, cameras=list(cfg.cameras),
+                              object_state_dim=data.train.object_state_dim)
+    return dataclasses.replace(policy, obs_encoder=obs)
+
+
+def checkpoint_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -> dict[str, Any]:
+    """What inference needs to rebuild the policy, as plain JSON."""
+    stats_state = data.normalizer.stats[fmt.STATE]
+    return {
+        "format": "robot_policy.checkpoint/1",
+        "policy": dataclasses.asdict(policy),
+        "normalizer": data.normalizer.to_json(),
+        "languages": data.train.languages,
+        "embodiments": {s.embodiment.name: s.embodiment.to_dict() for s in data.stores},
+        "tasks": [s.attrs.get("task", {}).get("name") for s in data.stores],
+        "task_configs": [s.attrs.get("task") for s in data.stores],
+        "datasets": [d.path for d in cfg.datasets],
+        "state_fill": np.asarray(stats_state["mean"]).tolist(),
+        "execute_horizon": cfg.execute_horizon,
+        "train": dataclasses.asdict(cfg),
+    }
+
+
+def _state_fill(normalizer: Normalizer) -> torch.Tensor:
+    mean = torch.as_tensor(normalizer.stats[fmt.STATE]["mean"], dtype=torch.float32)
+    return normalizer.normalize(fmt.STATE, mean)
+
+
+def _device(name: str, ctx: DistributedContext) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{ctx.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+class _Logger:
+    """metrics.jsonl + TensorBoard on rank 0; entries past ``start_step`` from a crashed run are dropped."""
+
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] < start_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step else None)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+        assert self.tb is not None
+        for k, v in values.items():
+            self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: TrainConfig, policy: RDTConfig) -> Path:
+    """Run training; returns the run directory. Call under torchrun for data-parallel training."""
+    with distributed_context() as ctx:
+        return _train(cfg, policy, ctx)
+
+
+def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext) -> Path:
+    run_dir = Path(cfg.out)
+    device = _device(cfg.device, ctx)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    latest = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume and ckpt.latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass resume=true to continue it, "
+                              "or choose another out=")
+    data = build_data(cfg, policy.obs_encoder.n_obs_steps, policy.horizon)
+    policy = complete_policy_config(policy, cfg, data)
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model = RDTPolicyModel(policy).to(device)
+    ema = EMA(model, max_decay=cfg.optim.ema_max_decay, power=cfg.optim.ema_power)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
+    start_step = 0
+    if latest is not None:
+        start_step = _restore(latest, model, ema, optimizer, scheduler)
+    language = LanguageTable(make_text_encoder(policy.text_encoder, policy.lang_dim, policy.max_lang_tokens),
+                             data.train.languages).to(device)
+    loss_module: nn.Module = DiffusionLoss(model)
+    if ctx.world_size > 1:
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = StepBatchSampler(data.train.sizes, [d.weight for d in cfg.datasets], cfg.batch_size, cfg.seed,
+                               cfg.steps, start_step, ctx.rank, ctx.world_size)
+    loader = make_step_loader(data.train, sampler, cfg.num_workers)
+    state_fill = _state_fill(data.normalizer).to(device)
+    config_json = checkpoint_config(policy, cfg, data)
+    logger = _Logger(run_dir, start_step, ctx.is_main)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "train_config.json").write_text(json.dumps(config_json, indent=2))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not (cfg.progress and ctx.is_main))
+    window_loss, window_n, t_last, samples = 0.0, 0, time.perf_counter(), 0
+    model.train()
+    for step, batch in zip(range(start_step, cfg.steps), loader):
+        r = StepRandomness.draw(cfg.seed, step, cfg.batch_size, policy.horizon, max(len(cfg.cameras), 1),
+                                policy.diffusion.num_train_timesteps, policy.cond_dropout)
+        r = r.rows(ctx.rank, ctx.world_size).to(device)
+        inputs = make_model_inputs(batch, data.normalizer, language, device)
+        inputs = prepare_training_inputs(inputs, r, cfg.optim, state_fill)
+        actions = normalized_actions(batch, data.normalizer, device)
+        with autocast:
+            loss = loss_module(inputs, actions, r.noise, r.t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema.update(model)
+        loss_value = ctx.mean(loss.detach()).item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step}; last checkpoint: "
+                                     f"{ckpt.latest_checkpoint(run_dir)}")
+        window_loss, window_n, samples = window_loss + loss_value, window_n + 1, samples + cfg.batch_size
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            logger.log(done, {"loss": window_loss / window_n, "loss_last": loss_value, "lr": scheduler.get_last_lr()[0],
+                              "grad_norm": float(grad_norm), "samples_per_s": samples / (now - t_last),
+                              "ema_decay": ema.decay()})
+            bar.set_postfix(loss=f"{window_loss / window_n:.4f}")
+            window_loss, window_n, t_last, samples = 0.0, 0, now, 0
+        if data.val is not None and (done % cfg.val_every == 0 or done == cfg.steps):
+            logger.log(done, {"val_loss": _validation_loss(ema.model, data, language, cfg, policy, device)})
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            if ctx.is_main:
+                _save(run_dir, done, config_json, model, ema, optimizer, scheduler, cfg.keep_checkpoints)
+            ctx.barrier()
+    bar.close()
+    logger.close()
+    return run_dir
+
+
+@torch.no_grad()
+def _validation_loss(model: RDTPolicyModel, data: TrainingData, language: LanguageTable, cfg: TrainConfig,
+                     policy: RDTConfig, device: torch.device) -> float:
+    """Diffusion loss of the EMA model on fixed validation batches (same draws every time)."""
+    assert data.val is not None
+    sampler = StepBatchSampler(data.val.sizes, [1.0] * len(data.val.sizes), cfg.batch_size, cfg.seed + 1,
+                               cfg.val_batches)
+    losses = []
+    for i, pairs in enumerate(sampler):
+        batch = data.val[pairs]
+        r = StepRandomness.draw(cfg.seed + 1, i, cfg.batch_size, policy.horizon, 1,
+                                policy.diffusion.num_train_timesteps, policy.cond_dropout).to(device)
+        inputs = make_model_inputs(batch, data.normalizer, language, device)
+        losses.append(model.compute_loss(inputs, normalized_actions(batch, data.normalizer, device),
+                                         noise=r.noise, t=r.t).item())
+    return float(np.mean(losses))
+
+
+def _save(run_dir: Path, step: int, config: dict[str, Any], model: nn.Module, ema: EMA,
+          optimizer: torch.optim.Optimizer, scheduler: Any, keep: int) -> Path:
+    optim_tensors, optim_plain = ckpt.optimizer_to_flat(optimizer.state_dict())
+    train_tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    train_tensors.update(optim_tensors)
+    train_json = {"optimizer": optim_plain, "scheduler": scheduler.state_dict(), "ema_step": ema.step}
+    return ckpt.save_checkpoint(run_dir, step, config, ema.model.state_dict(), train_tensors, train_json, keep)
+
+
+def _restore(path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    meta = ckpt.load_config(path)
+    tensors, plain = ckpt.load_train_state(path)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.model.load_state_dict(ckpt.load_model_state(path))
+    ema.step = int(plain["ema_step"])
+    optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, plain["optimizer"]))
+    scheduler.load_state_dict(plain["scheduler"])
+    return int(meta["step"])
