@@ -44,6 +44,15 @@ def test_quaternion_6d_round_trip(q: np.ndarray) -> None:
     np.testing.assert_allclose(rot.matrix_to_quat(rot.rot6d_to_matrix(six)), rot.canonical_quat(q), atol=1e-9)
 
 
+def test_quat_to_matrix_matches_scipy() -> None:
+    from scipy.spatial.transform import Rotation
+
+    q = np.random.default_rng(0).standard_normal((50, 4)) * 3
+    np.testing.assert_allclose(rot.quat_to_matrix(q), Rotation.from_quat(q).as_matrix(), atol=1e-12)
+    with pytest.raises(ValueError, match="zero-norm"):
+        rot.quat_to_matrix(np.zeros(4))
+
+
 def test_rot6d_rejects_degenerate_columns() -> None:
     with pytest.raises(ValueError, match="parallel"):
         rot.rot6d_to_matrix(np.array([1.0, 0, 0, 2.0, 0, 0]))

@@ -141,9 +141,10 @@ class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
             spaces[OBS_OBJECT] = gym.spaces.Box(-np.inf, np.inf, (self.object_state_dim,), np.float32)
         for cam in task.cameras:
             spaces[IMAGE_PREFIX + cam] = gym.spaces.Box(0, 255, (task.image_height, task.image_width, 3), np.uint8)
-        self.observation_space = gym.spaces.Dict(spaces)
+        self.obs_spaces = gym.spaces.Dict(spaces)
+        self.observation_space = self.obs_spaces  # type: ignore[assignment]  # gymnasium types it as Space[Obs]
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (UNIFIED_DIM,), np.float32)
-        self._np_random_obs = np.random.default_rng(0)
+        self._obs_noise_seed = 0
         self._pending: deque[dict[str, np.ndarray]] = deque()
         self._steps = 0
         self._succeeded = False
@@ -191,8 +192,9 @@ class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Obs, dict]:
         super().reset(seed=seed)
         rng = self.np_random
-        # A separate stream for observation noise so turning noise on does not change the scene draw.
-        self._np_random_obs = np.random.default_rng(rng.integers(2**63))
+        # Observation noise is a function of (this seed, step), so reset_to restores it with the step count.
+        # The seed is drawn on every reset, noise or not, so enabling noise does not change the scene draws.
+        self._obs_noise_seed = int(rng.integers(2**52))
         self._reset_sim(rng)
         self._steps = 0
         self._succeeded = False
@@ -215,27 +217,29 @@ class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
         return obs, float(success), bool(success), bool(truncated), {"success": success}
 
     def get_state(self) -> np.ndarray:
-        """Flat float64 vector: [elapsed steps, succeeded, latency queue (native, flat), simulator state].
+        """Flat float64 vector: [elapsed steps, succeeded, observation-noise seed, latency queue length,
+        latency queue (native, flat), simulator state].
 
         ``reset_to(get_state())`` continues the episode exactly: same observations for the same actions.
         """
         names = self.embodiment.action.names
         queue = [np.concatenate([np.ravel(a[n]) for n in names]) for a in self._pending]
-        head = np.array([self._steps, float(self._succeeded), len(queue)], dtype=np.float64)
+        head = np.array([self._steps, float(self._succeeded), self._obs_noise_seed, len(queue)], dtype=np.float64)
         return np.concatenate([head, *queue, self._get_sim_state()])
 
     def reset_to(self, state: np.ndarray) -> Obs:
         """Restore a state from ``get_state`` (same task config) and return the observation there."""
         state = np.asarray(state, dtype=np.float64)
-        if state.ndim != 1 or state.size < 3:
+        if state.ndim != 1 or state.size < 4:
             raise ValueError(f"reset_to: expected a flat state from get_state(), got shape {state.shape}")
-        self._steps, self._succeeded, n_queue = int(state[0]), bool(state[1]), int(state[2])
+        self._steps, self._succeeded = int(state[0]), bool(state[1])
+        self._obs_noise_seed, n_queue = int(state[2]), int(state[3])
         width = self.embodiment.action.native_dim
-        flat_queue = state[3:3 + n_queue * width].reshape(n_queue, width)
+        flat_queue = state[4:4 + n_queue * width].reshape(n_queue, width)
         splits = np.cumsum([f.dim for f in self.embodiment.action.fields])[:-1]
         names = self.embodiment.action.names
         self._pending = deque(dict(zip(names, np.split(row, splits))) for row in flat_queue)
-        self._set_sim_state(state[3 + n_queue * width:])
+        self._set_sim_state(state[4 + n_queue * width:])
         return self._observe()
 
     # ---- shared helpers -------------------------------------------------------------------------
@@ -247,13 +251,14 @@ class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
         state = self.embodiment.state.to_unified(self._native_state()).astype(np.float32)
         noise = self.task.randomization.obs_noise_std
         obs: Obs = {OBS_STATE: state, OBS_STATE_MASK: self.state_mask.copy()}
-        if noise > 0:
-            obs[OBS_STATE] = state + (noise * self._np_random_obs.standard_normal(UNIFIED_DIM) * self.state_mask
+        noise_rng = np.random.default_rng([self._obs_noise_seed, self._steps]) if noise > 0 else None
+        if noise_rng is not None:
+            obs[OBS_STATE] = state + (noise * noise_rng.standard_normal(UNIFIED_DIM) * self.state_mask
                                       ).astype(np.float32)
         if self.object_state_dim > 0:
             obj = np.asarray(self._object_state(), dtype=np.float32)
-            if noise > 0:
-                obj = obj + (noise * self._np_random_obs.standard_normal(obj.shape)).astype(np.float32)
+            if noise_rng is not None:
+                obj = obj + (noise * noise_rng.standard_normal(obj.shape)).astype(np.float32)
             obs[OBS_OBJECT] = obj
         for cam in self.task.cameras:
             obs[IMAGE_PREFIX + cam] = self.render(cam, self.task.image_height, self.task.image_width)

@@ -17,7 +17,7 @@ class EnvCheckError(AssertionError):
 
 
 def _check_obs(env: ManipulationEnv, obs: Obs, where: str) -> None:
-    space = env.observation_space
+    space = env.obs_spaces
     if set(obs) != set(space.spaces):
         raise EnvCheckError(f"{where}: observation keys {sorted(obs)} differ from the spec {sorted(space.spaces)}")
     for key, sub in space.spaces.items():

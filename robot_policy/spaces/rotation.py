@@ -62,9 +62,22 @@ def canonical_quat(quat_xyzw: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def quat_to_matrix(quat_xyzw: np.ndarray) -> np.ndarray:
-    """(..., 4) scalar-last quaternions (normalised on the way) -> (..., 3, 3)."""
+    """(..., 4) scalar-last quaternions (normalised on the way) -> (..., 3, 3).
+
+    Written out rather than through scipy's Rotation: it runs in every env step's state conversion, where
+    Rotation's construction costs ~40 us a call and this ~5 us (tests compare the two).
+    """
     q, lead = _flat(quat_xyzw, (4,), "quat_to_matrix")
-    return Rotation.from_quat(q).as_matrix().reshape((*lead, 3, 3))
+    norm = np.linalg.norm(q, axis=-1, keepdims=True)
+    if np.any(norm < 1e-12):
+        raise ValueError("quat_to_matrix: zero-norm quaternion")
+    x, y, z, w = np.moveaxis(q / norm, -1, 0)
+    m = np.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], axis=-1)
+    return m.reshape((*lead, 3, 3))
 
 
 def matrix_to_quat(matrix: np.ndarray) -> np.ndarray:
