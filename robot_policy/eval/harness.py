@@ -29,7 +29,7 @@ from robot_policy.envs.base import ManipulationEnv, TaskConfig
 from robot_policy.envs.registry import make_env
 from robot_policy.eval.stats import wilson_interval
 from robot_policy.eval.video import write_mp4
-from robot_policy.policies.base import Policy, reset_policy
+from robot_policy.policies.base import Policy, observe, reset_policy
 from robot_policy.policies.registry import load_policy
 
 PolicySource = str | Path | Policy | Callable[[ManipulationEnv], Policy]
@@ -114,7 +114,7 @@ class _Worker:
             infer_s += time.perf_counter() - t0
             infers += 1
             horizon = min(cfg.execute_horizon or chunk.execute_horizon, chunk.horizon)
-            for action in chunk.unified[:horizon]:
+            for i, action in enumerate(chunk.unified[:horizon]):
                 obs, reward, terminated, truncated, info = env.step(action)
                 steps += 1
                 ret += reward
@@ -123,6 +123,8 @@ class _Worker:
                 if terminated or truncated:
                     success, done = bool(info["success"]), True
                     break
+                if i < horizon - 1:  # the last observation goes to predict_chunk instead
+                    observe(self.policy, obs)
         video = None
         if video_dir is not None:
             video = str(write_mp4(video_dir / f"episode_{seed}.mp4", frames, fps=env.task.control_hz))
@@ -162,10 +164,17 @@ def evaluate(task: TaskConfig, policy: PolicySource, cfg: EvalConfig, *,
     start = time.perf_counter()
     bar = tqdm(total=len(seeds), desc=f"eval {task.name}", unit="ep", disable=not progress)
     if workers == 1:
-        worker = _Worker(task, policy, cfg)
-        for i, seed in enumerate(seeds):
-            results.append(worker.run(seed, video_dir if i < cfg.videos else None))
-            _progress(bar, results)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.torch_threads)
+        try:
+            worker = _Worker(task, policy, cfg)
+            for i, seed in enumerate(seeds):
+                results.append(worker.run(seed, video_dir if i < cfg.videos else None))
+                _progress(bar, results)
+        finally:
+            torch.set_num_threads(threads)
     else:
         ctx = mp.get_context("spawn")  # simulators and torch do not survive fork reliably
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,

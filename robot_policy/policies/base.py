@@ -58,7 +58,12 @@ class ActionChunk:
 
 @runtime_checkable
 class Policy(Protocol):
-    """Anything with ``predict_chunk``; ``reset`` (called with the episode seed) is optional."""
+    """Anything with ``predict_chunk``.
+
+    Optional: ``reset(seed)`` at each episode start, and ``observe(obs)`` for every observation that is
+    not passed to ``predict_chunk`` (the steps executed from a chunk), so that a policy conditioned on an
+    observation history sees consecutive control steps, as in training.
+    """
 
     def predict_chunk(self, obs: dict[str, np.ndarray]) -> ActionChunk: ...
 
@@ -68,3 +73,10 @@ def reset_policy(policy: object, seed: int) -> None:
     reset = getattr(policy, "reset", None)
     if callable(reset):
         reset(seed)
+
+
+def observe(policy: object, obs: dict[str, np.ndarray]) -> None:
+    """Call ``policy.observe(obs)`` if the policy keeps an observation history."""
+    fn = getattr(policy, "observe", None)
+    if callable(fn):
+        fn(obs)

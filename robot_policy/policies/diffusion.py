@@ -5,7 +5,8 @@
     chunk = policy.predict_chunk(obs)    # obs: env observation dict; chunk.unified (Ta, 128)
 
 The policy keeps the last To observations (the first one repeated at an episode start, as the training
-windows are padded) and normalises them with the statistics stored in the checkpoint. The sampler (DDPM,
+windows are padded): ``predict_chunk`` adds its observation, and ``observe(obs)`` must be called for every
+other control step's observation so the history holds consecutive steps, as in training. It normalises them with the statistics stored in the checkpoint. The sampler (DDPM,
 DDIM, DPM-Solver++) and its step count can be changed at load time without retraining; ``noise`` (Ta, 128)
 can be given to make a chunk a deterministic function of it (DDIM with eta=0), as latent-noise RL needs.
 """
@@ -94,6 +95,10 @@ class DiffusionPolicy:
         """Start an episode: forget the observation history, reseed the sampling noise."""
         self._history.clear()
         self._generator = torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        """Add an observation to the history without predicting (steps executed from a chunk)."""
+        self._remember(obs)
 
     def _remember(self, obs: dict[str, np.ndarray]) -> None:
         frame = {OBS_STATE: np.asarray(obs[OBS_STATE], np.float32)}

@@ -29,11 +29,15 @@ def is_checkpoint(spec: str | Path) -> bool:
 def load_policy(spec: str | Path, env: ManipulationEnv, **kwargs: Any) -> Policy:
     """A built-in policy by name (built for ``env``), or a trained policy from a checkpoint directory.
 
-    ``kwargs`` go to the built-in's constructor, or to ``DiffusionPolicy.from_checkpoint``.
+    ``kwargs`` go to the built-in's constructor, or to ``DiffusionPolicy.from_checkpoint``; a checkpoint
+    drives ``env``'s embodiment with ``env``'s instruction unless ``embodiment``/``language`` say otherwise
+    (a multi-task checkpoint holds several).
     """
     if is_checkpoint(spec):
         from robot_policy.policies.diffusion import DiffusionPolicy
 
+        kwargs.setdefault("embodiment", env.embodiment.name)
+        kwargs.setdefault("language", env.task.language)
         return DiffusionPolicy.from_checkpoint(spec, **kwargs)
     name = str(spec)
     if name not in _BUILTIN:

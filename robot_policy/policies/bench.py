@@ -1,0 +1,390 @@
+"""Inference latency and training throughput of RDT-style policies on this machine (``robot-policy bench infer``).
+
+Chunk latency: one full ``model.sample`` call at batch 1 (observation encoder, sampler construction from
+its name, every denoiser call and scheduler update), timed up to ``repeats`` times after warm-up, per policy
+config and sampler; the samplers take turns, so load changes on a shared machine hit them alike. The policy
+is built from its config with random weights and conditioned like the task's policy would be: the task's
+state and object state (taken from one real reset of the task), its control rate and its instruction; no
+cameras. A denoiser call (``model.denoise`` with the conditions encoded once) is also timed on its own,
+so chunk time ~= encode + steps x call + sampler overhead (scheduler updates, construction, glue).
+
+Training throughput: optimisation steps as ``train()`` runs them (the step's randomness drawn from
+``(seed, step)``, condition dropout and state noise, ``compute_loss`` through ``DiffusionLoss``, backward,
+gradient clipping, AdamW, cosine schedule, EMA update) on one synthetic batch of ``configs/train.yaml``'s
+global batch size; data loading is not included (``bench data`` measures it).
+
+Absolute numbers depend on the machine and its load; ratios between samplers in one run are what carry over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+
+from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness, prepare_training_inputs
+from robot_policy.algorithms.inputs import LanguageTable, make_model_inputs, normalized_actions
+from robot_policy.data import format as fmt
+from robot_policy.data.normalizer import Normalizer
+from robot_policy.envs.base import OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
+from robot_policy.envs.registry import available_tasks, make_env
+from robot_policy.models.diffusion import SAMPLERS, Sampler
+from robot_policy.models.params import count_parameters
+from robot_policy.models.rdt import RDTConfig, RDTPolicyModel, available_policy_configs, load_policy_config
+from robot_policy.models.text import make_text_encoder
+from robot_policy.paths import CONFIG_DIR
+from robot_policy.spaces.unified import UNIFIED_DIM
+from robot_policy.train.ema import EMA
+from robot_policy.train.schedule import make_scheduler
+
+_LABELS = {"ddpm": "DDPM", "ddim": "DDIM", "dpmsolver++": "DPM-Solver++"}
+
+
+@dataclass
+class InferBenchConfig:
+    """Options of ``robot-policy bench infer``."""
+
+    #: policy configs (``configs/policy/<name>.yaml``) timed for chunk latency, built with random weights
+    models: list[str] = field(default_factory=lambda: ["rdt_small", "rdt_170m"])
+    #: samplers as ``kind:steps``; kinds: ddpm, ddim, dpmsolver++
+    samplers: list[str] = field(default_factory=lambda: ["ddpm:100", "ddim:10", "dpmsolver++:5"])
+    #: the task whose observation, instruction and control rate condition the policy
+    task: str = "pybullet_bimanual_lift"
+    #: timed chunks per (model, sampler)...
+    repeats: int = 20
+    #: ...but stop once a case's timed chunks took this long (s), after at least ``min_repeats``
+    max_seconds: float = 20.0
+    min_repeats: int = 2
+    #: untimed chunks per case before timing, with the same sampler at <= ``warmup_steps`` steps (same code
+    #: path and shapes; a full-length warm-up of a 100-step DDPM chunk of a large model would cost minutes)
+    warmup: int = 1
+    warmup_steps: int = 5
+    #: timed denoiser calls per model, at least (one is timed before every chunk)
+    call_repeats: int = 20
+    #: policy configs timed for training samples/s
+    train_models: list[str] = field(default_factory=lambda: ["rdt_tiny", "rdt_small"])
+    #: global batch; None = ``configs/train.yaml``'s batch_size
+    train_batch_size: int | None = None
+    #: timed optimisation steps per model, after ``train_warmup`` untimed ones
+    train_steps: int = 5
+    train_warmup: int = 1
+    #: torch intra-op threads; None = every core of the machine
+    torch_threads: int | None = None
+    #: weights, noise and batches
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.models, self.samplers, self.train_models = list(self.models), list(self.samplers), list(self.train_models)
+        for spec in self.samplers:
+            parse_sampler(spec)
+        known = available_policy_configs()
+        for name in self.models + self.train_models:
+            if name not in known:
+                raise ValueError(f"models/train_models: unknown policy config {name!r}; available: {', '.join(known)}")
+        if self.task not in available_tasks():
+            raise ValueError(f"task: unknown {self.task!r}; available: {', '.join(available_tasks())}")
+        for name in ("repeats", "min_repeats", "call_repeats", "train_steps", "warmup_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.min_repeats > self.repeats:
+            raise ValueError(f"min_repeats: {self.min_repeats} exceeds repeats {self.repeats}")
+        if self.warmup < 0 or self.train_warmup < 0:
+            raise ValueError(f"warmup and train_warmup must be >= 0, got {self.warmup}, {self.train_warmup}")
+        if self.max_seconds <= 0:
+            raise ValueError(f"max_seconds: must be > 0, got {self.max_seconds}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads: must be >= 1 or null, got {self.torch_threads}")
+        if self.train_batch_size is not None and self.train_batch_size < 1:
+            raise ValueError(f"train_batch_size: must be >= 1 or null, got {self.train_batch_size}")
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """``"ddim:10"`` -> ("ddim", 10)."""
+    kind, sep, steps = str(spec).partition(":")
+    if not sep or kind not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise ValueError(f"samplers: expected kind:steps with kind in {', '.join(SAMPLERS)} and steps >= 1, "
+                         f"got {spec!r}")
+    return kind, int(steps)
+
+
+def sampler_label(kind: str, steps: int) -> str:
+    return f"{_LABELS[kind]}-{steps}"
+
+
+def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "mean_ms": float(ms.mean()), "n": int(ms.size)}
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, max_seconds: float, min_repeats: int = 1) -> list[float]:
+    """Wall times (s) of up to ``repeats`` calls of ``fn``; stops early past ``max_seconds`` in total once
+    ``min_repeats`` calls are done."""
+    times: list[float] = []
+    while len(times) < repeats and (len(times) < min_repeats or sum(times) < max_seconds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# --- the policy's conditioning, as on the task -------------------------------------------------------
+
+
+@dataclass
+class TaskInputs:
+    """One real observation of the task and what a policy trained on it would be conditioned with."""
+
+    obs: dict[str, np.ndarray]
+    action_mask: np.ndarray  # (Da,)
+    control_hz: float
+    instruction: str
+    object_state_dim: int
+
+
+def task_inputs(task: str, seed: int = 0) -> TaskInputs:
+    env = make_env(task)
+    try:
+        obs, _ = env.reset(seed=seed)
+        return TaskInputs({k: np.asarray(v) for k, v in obs.items()}, np.asarray(env.action_mask, np.float32),
+                          float(env.task.control_hz), env.task.language, int(env.object_state_dim))
+    finally:
+        env.close()
+
+
+def policy_for_task(name: str, object_state_dim: int) -> RDTConfig:
+    """The named policy config conditioned as ``train`` would fill it for a state-only task."""
+    policy = load_policy_config(name)
+    obs = dataclasses.replace(policy.obs_encoder, cameras=[], object_state_dim=object_state_dim)
+    return dataclasses.replace(policy, obs_encoder=obs)
+
+
+class RandomTextEncoder:
+    """Stands in for a frozen encoder whose weights are not on this machine (T5-XXL): fixed random tokens.
+
+    Instructions are encoded once per episode, outside the chunk loop, so only the token count matters here.
+    """
+
+    def __init__(self, dim: int, tokens: int, seed: int = 0) -> None:
+        self.dim, self.tokens = dim, tokens
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def encode(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        tokens = torch.randn(len(texts), self.tokens, self.dim, generator=self.generator)  # (B, L, lang_dim)
+        return tokens, torch.ones(len(texts), self.tokens, dtype=torch.bool)
+
+
+def language_table(policy: RDTConfig, instruction: str, seed: int = 0) -> LanguageTable:
+    """The builtin byte encoder runs for real; others get random tokens, one per instruction byte (a T5
+    tokenizer gives fewer, so this errs on the slow side)."""
+    if policy.text_encoder.kind == "builtin":
+        return LanguageTable(make_text_encoder(policy.text_encoder, policy.lang_dim, policy.max_lang_tokens),
+                             [instruction])
+    tokens = min(len(instruction.encode()), policy.max_lang_tokens)
+    return LanguageTable(RandomTextEncoder(policy.lang_dim, tokens, seed), [instruction])  # type: ignore[arg-type]
+
+
+def unit_normalizer(object_state_dim: int, state_mask: np.ndarray, action_mask: np.ndarray) -> Normalizer:
+    """Identity statistics (speed does not depend on them), with the embodiment's masks."""
+    def stats(dim: int, mask: np.ndarray) -> dict[str, np.ndarray]:
+        zeros, ones = np.zeros(dim), np.ones(dim)
+        return {"mean": zeros, "std": ones, "min": -ones, "max": ones, "q01": -ones, "q99": ones,
+                "mask": np.asarray(mask, np.float64)}
+
+    all_stats = {fmt.STATE: stats(UNIFIED_DIM, state_mask), fmt.ACTION: stats(UNIFIED_DIM, action_mask)}
+    modes = {fmt.STATE: "gaussian", fmt.ACTION: "minmax"}
+    if object_state_dim:
+        all_stats[fmt.OBJECT_STATE] = stats(object_state_dim, np.ones(object_state_dim))
+        modes[fmt.OBJECT_STATE] = "gaussian"
+    return Normalizer(all_stats, modes)
+
+
+def observation_batch(ti: TaskInputs, n_obs_steps: int) -> dict[str, Tensor]:
+    """A batch of one, laid out as training windows and ``DiffusionPolicy`` lay it out (history padded)."""
+    state = torch.from_numpy(np.asarray(ti.obs[OBS_STATE], np.float32))
+    batch = {
+        fmt.STATE: state.expand(1, n_obs_steps, UNIFIED_DIM).clone(),  # (1, To, Da)
+        "state_mask": torch.from_numpy(np.asarray(ti.obs[OBS_STATE_MASK], np.float32))[None],
+        "action_mask": torch.from_numpy(ti.action_mask)[None],
+        "ctrl_freq": torch.tensor([ti.control_hz], dtype=torch.float32),
+        "language_id": torch.zeros(1, dtype=torch.int64),
+    }
+    if ti.object_state_dim:
+        obj = torch.from_numpy(np.asarray(ti.obs[OBS_OBJECT], np.float32))
+        batch[fmt.OBJECT_STATE] = obj.expand(1, n_obs_steps, ti.object_state_dim).clone()  # (1, To, Do)
+    return batch
+
+
+# --- measurements ------------------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def measure_latency(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[str, Any]:
+    """Chunk latency per sampler and the time of one denoiser call, batch 1.
+
+    The samplers are timed in rounds (one chunk of each per round) with a denoiser call and an encoder call
+    before every chunk, so a change in the machine's load over the run hits every sampler alike and the
+    per-call time is sampled over the same period as the chunks.
+    """
+    policy = policy_for_task(name, ti.object_state_dim)
+    torch.manual_seed(cfg.seed)
+    model = RDTPolicyModel(policy).eval()
+    normalizer = unit_normalizer(ti.object_state_dim, ti.obs[OBS_STATE_MASK], ti.action_mask)
+    inputs = make_model_inputs(observation_batch(ti, policy.obs_encoder.n_obs_steps), normalizer,
+                               language_table(policy, ti.instruction, cfg.seed))
+    noise = torch.randn(1, policy.horizon, UNIFIED_DIM, generator=torch.Generator().manual_seed(cfg.seed))
+    cond = model.encode(inputs)
+    t = torch.full((1,), policy.diffusion.num_train_timesteps - 1, dtype=torch.long)
+
+    def call() -> None:
+        model.denoise(noise, t, cond)
+
+    def encode() -> None:
+        model.encode(inputs)
+
+    for _ in range(3):  # first calls allocate and pick kernels
+        call()
+    plans = {sampler_label(*parse_sampler(spec)): parse_sampler(spec) for spec in cfg.samplers}
+    chunk = {label: partial(model.sample, inputs, noise=noise, sampler=kind, num_steps=steps)
+             for label, (kind, steps) in plans.items()}
+    build = {label: [_timed(partial(Sampler, policy.diffusion, kind, steps)) for _ in range(5)]
+             for label, (kind, steps) in plans.items()}
+    for label, (kind, steps) in plans.items():
+        for _ in range(cfg.warmup):
+            model.sample(inputs, noise=noise, sampler=kind, num_steps=min(steps, cfg.warmup_steps))
+    times: dict[str, list[float]] = {label: [] for label in plans}
+    calls: list[float] = []
+    encodes: list[float] = []
+
+    def enough(ts: list[float]) -> bool:
+        return len(ts) >= cfg.repeats or (len(ts) >= cfg.min_repeats and sum(ts) >= cfg.max_seconds)
+
+    while active := [label for label in plans if not enough(times[label])]:
+        for label in active:
+            calls.append(_timed(call))
+            encodes.append(_timed(encode))
+            times[label].append(_timed(chunk[label]))
+    while len(calls) < cfg.call_repeats:
+        calls.append(_timed(call))
+    out: dict[str, Any] = {"parameters": count_parameters(policy), "horizon": policy.horizon,
+                           "lang_tokens": int(inputs.lang_tokens.shape[1]) if inputs.lang_tokens is not None else 0,
+                           "obs_tokens": policy.obs_encoder.num_tokens,
+                           "denoiser_call": percentiles_ms(calls), "encode": percentiles_ms(encodes), "samplers": {}}
+    for label, (kind, steps) in plans.items():
+        row = {"kind": kind, "steps": steps, **percentiles_ms(times[label]),
+               "sampler_build_ms": percentiles_ms(build[label])["p50_ms"]}
+        # what is neither the encoder nor a denoiser call: scheduler updates, sampler construction, glue
+        row["overhead_ms"] = row["p50_ms"] - out["encode"]["p50_ms"] - steps * out["denoiser_call"]["p50_ms"]
+        out["samplers"][label] = row
+    return out
+
+
+def train_defaults() -> dict[str, Any]:
+    """``configs/train.yaml``'s batch size, optimiser settings, run length and execute horizon."""
+    with open(CONFIG_DIR / "train.yaml") as fh:
+        raw = yaml.safe_load(fh)
+    return {k: raw[k] for k in ("batch_size", "optim", "steps", "execute_horizon")}
+
+
+def synthetic_batch(ti: TaskInputs, policy: RDTConfig, batch_size: int, seed: int) -> dict[str, Tensor]:
+    """(B, ...) windows shaped like the mixture dataset's batches, random values in the real slots."""
+    g = torch.Generator().manual_seed(seed)
+    To, Ta, B = policy.obs_encoder.n_obs_steps, policy.horizon, batch_size
+    state_mask = torch.from_numpy(np.asarray(ti.obs[OBS_STATE_MASK], np.float32))
+    action_mask = torch.from_numpy(ti.action_mask)
+    batch = {
+        fmt.STATE: torch.randn(B, To, UNIFIED_DIM, generator=g) * state_mask,  # (B, To, Da)
+        fmt.ACTION: torch.rand(B, Ta, UNIFIED_DIM, generator=g) * action_mask,  # (B, Ta, Da)
+        "state_mask": state_mask.expand(B, UNIFIED_DIM).clone(),
+        "action_mask": action_mask.expand(B, UNIFIED_DIM).clone(),
+        "ctrl_freq": torch.full((B,), ti.control_hz),
+        "language_id": torch.zeros(B, dtype=torch.int64),
+    }
+    if ti.object_state_dim:
+        batch[fmt.OBJECT_STATE] = torch.randn(B, To, ti.object_state_dim, generator=g)  # (B, To, Do)
+    return batch
+
+
+def measure_training(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[str, Any]:
+    """Samples/s of ``train()``'s optimisation step (single process, CPU) on a synthetic batch."""
+    defaults = train_defaults()
+    batch_size = cfg.train_batch_size or int(defaults["batch_size"])
+    optim = BCConfig(**defaults["optim"])
+    policy = policy_for_task(name, ti.object_state_dim)
+    torch.manual_seed(cfg.seed)
+    model = RDTPolicyModel(policy).train()
+    ema = EMA(model, max_decay=optim.ema_max_decay, power=optim.ema_power)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    scheduler = make_scheduler(optimizer, optim.warmup_steps, int(defaults["steps"]), optim.min_lr_ratio)
+    loss_module = DiffusionLoss(model)
+    normalizer = unit_normalizer(ti.object_state_dim, ti.obs[OBS_STATE_MASK], ti.action_mask)
+    language = language_table(policy, ti.instruction, cfg.seed)
+    batch = synthetic_batch(ti, policy, batch_size, cfg.seed)
+    state_fill = torch.zeros(UNIFIED_DIM)
+    step = 0
+
+    def one_step() -> None:  # the body of train()'s loop, minus data loading, logging and checkpoints
+        nonlocal step
+        r = StepRandomness.draw(cfg.seed, step, batch_size, policy.horizon, 1,
+                                policy.diffusion.num_train_timesteps, policy.cond_dropout)
+        inputs = prepare_training_inputs(make_model_inputs(batch, normalizer, language), r, optim, state_fill)
+        loss = loss_module(inputs, normalized_actions(batch, normalizer), r.noise, r.t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema.update(model)
+        loss.item()
+        step += 1
+
+    for _ in range(cfg.train_warmup):
+        one_step()
+    times = time_calls(one_step, cfg.train_steps, float("inf"))
+    return {"parameters": count_parameters(policy), "batch_size": batch_size, "horizon": policy.horizon,
+            "step": percentiles_ms(times), "samples_per_s": batch_size * len(times) / sum(times)}
+
+
+def run_infer_bench(cfg: InferBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every measurement of ``bench infer``; torch's thread count is restored afterwards."""
+    say = progress or (lambda _msg: None)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
+    load = os.getloadavg()[0]
+    if torch.get_num_threads() > 1 and load >= 1.0:
+        # threads of one op wait for each other at every barrier; a descheduled one stalls them all
+        say(f"warning: 1-min load average {load:.1f} on {os.cpu_count()} cores before starting: "
+            f"{torch.get_num_threads()}-thread timings can be many times slower; torch_threads=1 is steadier")
+    try:
+        ti = task_inputs(cfg.task, cfg.seed)
+        results: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                                   "load_average_1min_before": os.getloadavg()[0], "torch": torch.__version__,
+                                   "task": cfg.task, "control_hz": ti.control_hz,
+                                   "execute_horizon": int(train_defaults()["execute_horizon"]),
+                                   "object_state_dim": ti.object_state_dim, "latency": {}, "train": {}}
+        for name in cfg.models:
+            say(f"latency: {name}")
+            results["latency"][name] = measure_latency(name, cfg, ti)
+        for name in cfg.train_models:
+            say(f"training: {name}")
+            results["train"][name] = measure_training(name, cfg, ti)
+        # other processes on the cores distort every number (and multi-threaded ones most): record them
+        results["load_average_1min_after"] = os.getloadavg()[0]
+        return results
+    finally:
+        torch.set_num_threads(previous)
