@@ -47,9 +47,76 @@ def _data(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
     return "Data: sampler and streaming writer", rows, r, notes
 
 
+def _infer(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
+    from robot_policy.policies.bench import InferBenchConfig, run_infer_bench
+
+    cfg = parse_overrides(InferBenchConfig, overrides, "bench infer")
+    r = run_infer_bench(cfg, progress=lambda msg: print(f"bench infer: {msg}", file=sys.stderr))
+    rows: list[Row] = []
+    for name, m in r["latency"].items():
+        call = m["denoiser_call"]
+        rows.append(Row(f"{name} ({m['parameters'] / 1e6:.1f}M params, Ta={m['horizon']}): one denoiser call "
+                        f"p50 / p95 (ms, n={call['n']})", f"{call['p50_ms']:,.1f} / {call['p95_ms']:,.1f}"))
+        for label, s in m["samplers"].items():
+            rows.append(Row(f"{name} {label}: chunk latency p50 / p95 (ms, batch 1, n={s['n']})",
+                            f"{s['p50_ms']:,.1f} / {s['p95_ms']:,.1f}"))
+        ref = min(m["samplers"], key=lambda k: m["samplers"][k]["p50_ms"])
+        others = [f"{k} x{s['p50_ms'] / m['samplers'][ref]['p50_ms']:.1f}" for k, s in m["samplers"].items() if k != ref]
+        if others:
+            rows.append(Row(f"{name}: chunk p50 relative to {ref} (same run)", ", ".join(others)))
+    for name, t in r["train"].items():
+        rows.append(Row(f"training {name} ({t['parameters'] / 1e6:.1f}M params), batch {t['batch_size']}: samples/s "
+                        f"(step p50 {t['step']['p50_ms']:,.0f} ms, n={t['step']['n']})", f"{t['samples_per_s']:,.1f}"))
+    budget_ms = 1e3 * r["execute_horizon"] / r["control_hz"]
+    heavy = [f"{name} {label} (n={s['n']})" for name, m in r["latency"].items() for label, s in m["samplers"].items()
+             if s["n"] < cfg.repeats]
+    notes = (f"CPU, torch {r['torch']}, {r['torch_threads']} torch thread(s) on {r['cpu_count']} cores; 1-min load "
+             f"average {r['load_average_1min_before']:.1f} before, {r['load_average_1min_after']:.1f} after (other "
+             "processes on the cores slow every row, multi-threaded runs most). Policies built from their configs "
+             f"with random weights, conditioned as on `{r['task']}`: its state and {r['object_state_dim']}-d object "
+             "state from one reset, its instruction, no cameras. Chunk latency = one `model.sample` call at batch 1 "
+             "(observation encoder, sampler built from its name, every denoiser call and update), after a warm-up "
+             f"chunk with the same sampler at <= {cfg.warmup_steps} steps; a denoiser call is timed alone. Each case "
+             f"times up to {cfg.repeats} chunks, stopping after {cfg.max_seconds:g} s once {cfg.min_repeats} are done"
+             + (f", so these have fewer (their p95 is close to their max): {', '.join(heavy)}" if heavy else "")
+             + ". Ratios between samplers of one model in one run are the meaningful part. Real-time budget with "
+             f"asynchronous inference: {r['execute_horizon']} actions at {r['control_hz']:g} Hz = {budget_ms:.0f} ms "
+             "per chunk. Training: `train()`'s optimisation step (step randomness, condition dropout, state noise, "
+             "compute_loss, backward, clip, AdamW, cosine LR, EMA) on one synthetic batch of `configs/train.yaml`'s "
+             "batch size, data loading excluded.")
+    return "Inference: chunk latency per sampler; training samples/s", rows, r, notes
+
+
+def _sim(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
+    import os
+
+    from robot_policy.envs.bench import SimBenchConfig, run_sim_bench
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = parse_overrides(SimBenchConfig, overrides, "bench sim")
+    r = run_sim_bench(cfg)
+    rows = []
+    for task, v in r.items():
+        target = (">= 500", check(v["state_steps_per_s"], 500)) if task == "pybullet_bimanual_lift" else ("", "")
+        rows.append(Row(f"{task}, state observations (control steps/s)", f"{v['state_steps_per_s']:,.0f}", *target))
+        rows.append(Row(f"{task}, + camera {v['camera']} {cfg.image_size}x{cfg.image_size} (control steps/s)",
+                        f"{v['camera_steps_per_s']:,.1f}"))
+    notes = ("One process, one core; resets included; actions hold the arms with small noise. pybullet renders "
+             "with TinyRenderer (CPU), robosuite/MuJoCo with EGL (Mesa llvmpipe on these machines).")
+    return "Simulation: control steps per second", rows, r, notes
+
+
 BENCHES: dict[str, tuple[Callable[[list[str]], tuple[str, list[Row], dict[str, Any], str]], str]] = {
     "data": (_data, "robot_policy.data.bench:DataBenchConfig"),
+    "sim": (_sim, "robot_policy.envs.bench:SimBenchConfig"),
+    "infer": (_infer, "robot_policy.policies.bench:InferBenchConfig"),
 }
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # lists: field(default_factory=...)
+        return f.default_factory()
+    return f.default
 
 
 def _config_help(target: str) -> str:
@@ -57,7 +124,7 @@ def _config_help(target: str) -> str:
 
     module, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module), cls_name)
-    lines = [f"  {f.name} = {f.default!r}" for f in dataclasses.fields(cls)]
+    lines = [f"  {f.name} = {_default(f)!r}" for f in dataclasses.fields(cls)]
     return "options:\n" + "\n".join(lines)
 
 

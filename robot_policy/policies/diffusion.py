@@ -24,6 +24,7 @@ from robot_policy.algorithms.inputs import LanguageTable, make_model_inputs
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
 from robot_policy.envs.base import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
+from robot_policy.models.diffusion import Sampler
 from robot_policy.models.rdt import RDTPolicyModel, policy_config_from_dict
 from robot_policy.models.text import make_text_encoder
 from robot_policy.policies.base import ActionChunk
@@ -45,7 +46,6 @@ class DiffusionPolicy:
         self.language = language
         self.language_table = language_table
         self.device = torch.device(device)
-        self.sampler, self.num_steps = sampler, num_steps
         cfg = model.cfg
         if not 1 <= execute_horizon <= cfg.horizon:
             raise ValueError(f"execute_horizon must be in [1, {cfg.horizon}], got {execute_horizon}")
@@ -55,6 +55,8 @@ class DiffusionPolicy:
         self.obs_horizon = cfg.obs_encoder.n_obs_steps
         self.horizon = cfg.horizon
         self.meta = meta or {}
+        # Built once: a sampler holds the diffusers scheduler and its timestep plan (~1 ms to make).
+        self._sampler = Sampler(cfg.diffusion, sampler, num_steps)
         self._history: deque[dict[str, np.ndarray]] = deque(maxlen=self.obs_horizon)
         self._generator = torch.Generator(device=self.device).manual_seed(0)
 
@@ -146,7 +148,7 @@ class DiffusionPolicy:
             x_T = torch.randn(1, self.horizon, UNIFIED_DIM, generator=self._generator, device=self.device)
         else:
             x_T = torch.as_tensor(noise, dtype=torch.float32, device=self.device).reshape(1, self.horizon, UNIFIED_DIM)
-        sample = self.model.sample(inputs, noise=x_T, sampler=self.sampler, num_steps=self.num_steps)
+        sample = self.model.sample(inputs, noise=x_T, sampler=self._sampler)
         actions = self.normalizer.unnormalize(fmt.ACTION, sample[0]).cpu().numpy()
         mask = self.embodiment.action.mask
         actions = actions * mask

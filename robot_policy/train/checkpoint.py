@@ -3,7 +3,8 @@
     run/checkpoints/step_0001000/
       config.json          policy config, normaliser, embodiments, tasks, versions, step (human-readable)
       model.safetensors    EMA weights (what inference loads)
-      train_state.safetensors  raw weights, optimiser moments, RNG states (only what resume needs)
+      train_state.safetensors  raw weights and optimiser moments (only what resume needs; every random
+                           draw of training is a function of (seed, step), so no RNG state is saved)
       train_state.json     optimiser hyper-parameters and the scalar parts of its state, LR schedule
     run/checkpoints/latest -> step_0001000     (a symlink, replaced atomically)
 

@@ -176,8 +176,19 @@ def _device(name: str, ctx: DistributedContext) -> torch.device:
     return torch.device(name)
 
 
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 class _Logger:
-    """metrics.jsonl + TensorBoard on rank 0; entries past ``start_step`` from a crashed run are dropped."""
+    """metrics.jsonl + TensorBoard on rank 0; entries past ``start_step`` from a crashed run are dropped.
+
+    Entries at ``start_step`` itself stay: they were logged before that step's checkpoint was written.
+    """
 
     def __init__(self, run_dir: Path, start_step: int, enabled: bool) -> None:
         self.enabled = enabled
@@ -186,12 +197,14 @@ class _Logger:
         if not enabled:
             return
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] < start_step]
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            if lines and not _is_json(lines[-1]):  # torn by a crash mid-append
+                lines.pop()
+            kept = [line for line in lines if json.loads(line)["step"] <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step else None)
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

@@ -1,0 +1,119 @@
+"""The main job: scripted demos -> train a diffusion policy -> evaluate on held-out seeds -> run report.
+
+Each stage is the same library call as its CLI verb (collect, train, eval) with the same configs, and
+each is skipped when its output is already complete, so an interrupted demo continues where it stopped
+(training resumes from its latest checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from robot_policy.data.store import EpisodeStore, StoreError
+from robot_policy.envs.registry import task_config_from_dict
+from robot_policy.eval.harness import EvalConfig, evaluate
+from robot_policy.eval.report import write_run_report
+from robot_policy.teleop.collect import CollectConfig, collect
+from robot_policy.train import checkpoint as ckpt
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``robot-policy demo``."""
+
+    name: str = "pybullet_lift"
+    task: str = "pybullet_bimanual_lift"
+    policy: str = "rdt_small"
+    out_root: str = "runs"
+    #: scripted demonstrations to train on
+    episodes: int = 100
+    train_steps: int = 3000
+    eval_episodes: int = 100
+    #: held out: collection uses seeds 0.., evaluation eval_seed..
+    eval_seed: int = 100_000
+    workers: int = 0
+    videos: int = 2
+    #: redo every stage even when its output exists
+    fresh: bool = False
+    #: extra train overrides, e.g. ["batch_size=32"]
+    train_overrides: list[str] = field(default_factory=list)
+
+
+def _compose(name: str, overrides: list[str]) -> dict[str, Any]:
+    from robot_policy.cli.common import compose
+
+    raw = OmegaConf.to_container(compose(name, overrides), resolve=True)
+    assert isinstance(raw, dict)
+    return raw
+
+
+def _store_complete(path: Path, episodes: int) -> bool:
+    try:
+        return EpisodeStore.open(path).n_episodes >= episodes
+    except (StoreError, FileNotFoundError):
+        return False
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run the four stages; returns the report path (``out_root/name/report.md``)."""
+    from robot_policy.cli.train import parse as parse_train
+    from robot_policy.train.loop import train
+
+    root = Path(cfg.out_root) / cfg.name
+    store_path, train_dir, eval_dir = root / "demos.zarr", root / "train", root / "eval"
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {}
+
+    t0 = time.perf_counter()
+    raw = _compose("collect", [f"task={cfg.task}"])
+    task = task_config_from_dict(raw["task"], where="task")
+    if cfg.fresh or not _store_complete(store_path, cfg.episodes):
+        summary = collect(task, CollectConfig(episodes=cfg.episodes, out=str(store_path), overwrite=True))
+        (root / "collect.json").write_text(json.dumps(summary, indent=2))
+    timings["collect demonstrations"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    latest = ckpt.latest_checkpoint(train_dir)
+    finished = latest is not None and ckpt.load_config(latest)["step"] >= cfg.train_steps and not cfg.fresh
+    if not finished:
+        if cfg.fresh and train_dir.exists():
+            import shutil
+
+            shutil.rmtree(train_dir)
+        train_cfg, policy = parse_train([f"task={cfg.task}", f"policy={cfg.policy}", f"dataset.path={store_path}",
+                                         f"out={train_dir}", f"steps={cfg.train_steps}",
+                                         f"resume={str(latest is not None and not cfg.fresh).lower()}",
+                                         *cfg.train_overrides])
+        train(train_cfg, policy)
+    timings["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report_json = eval_dir / "eval.json"
+    if cfg.fresh or not report_json.exists() or json.loads(report_json.read_text())["episodes"] != cfg.eval_episodes:
+        evaluate(task, str(ckpt.latest_checkpoint(train_dir)),
+                 EvalConfig(episodes=cfg.eval_episodes, seed=cfg.eval_seed, out=str(eval_dir), workers=cfg.workers,
+                            videos=cfg.videos), policy_name=f"{cfg.policy} ({train_dir.name})")
+    result = json.loads(report_json.read_text())
+    timings["evaluate"] = time.perf_counter() - t0
+
+    collect_json = root / "collect.json"
+    collected = json.loads(collect_json.read_text()) if collect_json.exists() else summary
+    notes = (f"Task `{cfg.task}`; {cfg.episodes} scripted demonstrations (seeds "
+             f"{collected.get('first_seed', 0)}-{collected.get('last_seed', '?')}, expert success "
+             f"{collected.get('expert_successes', '?')}/{collected.get('attempts', '?')}); policy `{cfg.policy}` "
+             f"trained {cfg.train_steps} steps; evaluated on seeds {cfg.eval_seed}-"
+             f"{cfg.eval_seed + cfg.eval_episodes - 1}, never used for collection or training.")
+    reproduce = ("```\nrobot-policy demo\n```\nor stage by stage:\n```\n"
+                 f"robot-policy collect task={cfg.task} episodes={cfg.episodes} out={store_path}\n"
+                 f"robot-policy train task={cfg.task} policy={cfg.policy} dataset.path={store_path} out={train_dir} "
+                 f"steps={cfg.train_steps}\n"
+                 f"robot-policy eval task={cfg.task} policy={train_dir}/checkpoints/latest episodes={cfg.eval_episodes} "
+                 f"seed={cfg.eval_seed} out={eval_dir}\n```")
+    return write_run_report(root, f"Demo run: {cfg.name}", [result], train_dir,
+                            sections={"Setup": notes, "Reproduce": reproduce}, timings=timings)
