@@ -57,7 +57,7 @@ def test_replaying_recorded_actions_from_the_seed_reproduces_success(collected: 
         np.testing.assert_array_equal(obs["state"], episode["state"][0])
         info = {"success": False}
         for action in episode["action"]:
-            obs, _, terminated, truncated, info = env.step(action)
+            obs, _, terminated, _, info = env.step(action)
         assert info["success"] and terminated
         # any recorded frame can be restored from its sim_state
         mid = episode["state"].shape[0] // 2
@@ -120,7 +120,7 @@ def test_eval_results_do_not_depend_on_worker_count(tmp_path: Path) -> None:
                    progress=False)
     two = evaluate(task, "random", EvalConfig(episodes=4, seed=7, out=str(tmp_path / "b"), workers=2, videos=0),
                    progress=False)
-    strip = lambda r: [(e["seed"], e["success"], e["length"]) for e in r["per_episode"]]  # noqa: E731
+    strip = lambda r: [(e["seed"], e["success"], e["length"]) for e in r["per_episode"]]
     assert strip(one) == strip(two)
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_store import make_episode, new_store
 
 from robot_policy.data.disk_reader import TensorstoreReader
 from robot_policy.data.normalizer import Normalizer, StatsError, compute_stats, merge_stats, stats_from_json
 from robot_policy.data.sampler import SequenceSampler, gather_windows, split_episodes
 from robot_policy.data.store import EpisodeData, EpisodeStore
 from robot_policy.data.torch_dataset import WindowBatchDataset, make_dataloader
-from test_store import make_episode, new_store
 
 
 @settings(max_examples=200, deadline=None)

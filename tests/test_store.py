@@ -109,12 +109,11 @@ def test_stream_without_commit_leaves_nothing(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s.zarr")
     store.add_episode(make_episode(0))
     ep = make_episode(1, length=40)
-    with pytest.raises(RuntimeError, match="operator stopped"):
-        with store.stream_episode() as writer:
-            for t in range(30):
-                writer.add_step(state=ep["state"][t], action=ep["action"][t], timestamp=float(ep["timestamp"][t]),
-                                images={"front": ep["images/front"][t]}, object_state=ep["object_state"][t])
-            raise RuntimeError("operator stopped")
+    with pytest.raises(RuntimeError, match="operator stopped"), store.stream_episode() as writer:
+        for t in range(30):
+            writer.add_step(state=ep["state"][t], action=ep["action"][t], timestamp=float(ep["timestamp"][t]),
+                            images={"front": ep["images/front"][t]}, object_state=ep["object_state"][t])
+        raise RuntimeError("operator stopped")
     assert store.n_episodes == 1
     assert store.array("images/front").shape[0] == store.n_steps
     store.close()

@@ -83,7 +83,7 @@ def _stats(args: argparse.Namespace) -> int:
         store = EpisodeStore.open(args.path)
     except StoreError as e:
         return fail(str(e))
-    keys = [k for k in ("state", "action", "object_state") if k in store.data_keys]
+    keys: list[str] = [k for k in ("state", "action", "object_state") if k in store.data_keys]
     stats = compute_stats(store.load(keys), keys)
     console = Console()
     for key, s in stats.items():

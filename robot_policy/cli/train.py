@@ -15,7 +15,7 @@ from robot_policy.cli.common import ConfigError, compose, fail, to_dataclass, ve
 SUMMARY = "train a diffusion policy on episode stores (checkpoints, TensorBoard, resume, DDP)"
 
 
-def parse(argv: list[str]):  # noqa: ANN201 - returns (TrainConfig, RDTConfig)
+def parse(argv: list[str]):
     from robot_policy.models.rdt import policy_config_from_dict
     from robot_policy.train.loop import TrainConfig
 

@@ -6,6 +6,16 @@ from robot_policy.data.store import CameraInfo, EpisodeData, EpisodeStore, Store
 from robot_policy.data.validate import Problem, validate_store
 
 __all__ = [
-    "CameraInfo", "EpisodeData", "EpisodeStore", "StoreError", "Normalizer", "StatsError", "compute_stats",
-    "SequenceSampler", "gather_windows", "split_episodes", "Problem", "validate_store",
+    "CameraInfo",
+    "EpisodeData",
+    "EpisodeStore",
+    "Normalizer",
+    "Problem",
+    "SequenceSampler",
+    "StatsError",
+    "StoreError",
+    "compute_stats",
+    "gather_windows",
+    "split_episodes",
+    "validate_store",
 ]

@@ -87,7 +87,7 @@ def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(n_episodes)
-    n_val = int(round(n_episodes * val_fraction))
+    n_val = round(n_episodes * val_fraction)
     if val_fraction > 0 and n_episodes >= 2:
         n_val = max(n_val, 1)
     return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import zarr
@@ -135,7 +135,7 @@ class EpisodeStore:
         self._arrays: dict[str, zarr.Array] = {}
         # Listing a zarr group costs ~1 ms; the key set only changes when this process creates an array.
         self._data_keys = set(_array_keys(root["data"])) if "data" in root else set()
-        attrs = dict(root.attrs)
+        attrs: dict[str, Any] = dict(root.attrs)
         for key in fmt.REQUIRED_ATTRS:
             if key not in attrs:
                 raise StoreError(f"{path}: root attribute {key!r} is missing (run `robot-policy dataset "
@@ -147,7 +147,7 @@ class EpisodeStore:
         self.embodiment = EmbodimentSpec.from_dict(attrs["embodiment"], where=f"{path} attrs.embodiment")
         self.control_hz = float(attrs["control_hz"])
         self.cameras = {name: CameraInfo.from_dict(c) for name, c in attrs["cameras"].items()}
-        self._episode_ends = committed_episode_ends(self._meta_array(fmt.EPISODE_ENDS)[:])
+        self._episode_ends = committed_episode_ends(np.asarray(self._meta_array(fmt.EPISODE_ENDS)[:]))
 
     # ---- open / create ---------------------------------------------------------------------------
     @classmethod
@@ -170,7 +170,7 @@ class EpisodeStore:
             "control_hz": embodiment.control_hz,
             "cameras": {name: cam.to_dict() for name, cam in (cameras or {}).items()},
             "provenance": {
-                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "robot_policy_version": __version__,
                 "host": platform.node(),
                 **dict(provenance or {}),
@@ -210,7 +210,7 @@ class EpisodeStore:
         _release_lock(self._lock_fd)
         self._lock_fd = None
 
-    def __enter__(self) -> EpisodeStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -127,7 +127,7 @@ class StreamingEpisodeWriter:
         self._stop_writer()
         self.store.discard_tail()
 
-    def __enter__(self) -> StreamingEpisodeWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -165,7 +165,7 @@ class StreamingEpisodeWriter:
                     self.store.reserve_rows(key, end, headroom=_RESERVE_FRAMES)
                 self.store.write_rows(key, first, frames)
                 created.add(key)
-            except BaseException as e:  # surfaced to the recording thread by _raise_if_failed
+            except BaseException as e:  # noqa: BLE001  # any failure is surfaced to the recording thread
                 self._error = e
 
     def _stop_writer(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from robot_policy.data import format as fmt
 from robot_policy.data.disk_reader import TensorstoreReader
@@ -80,6 +80,7 @@ def make_dataloader(dataset: WindowBatchDataset, batch_size: int, *, shuffle: bo
     """A DataLoader yielding batch dicts; ``seed`` fixes the shuffling order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    base: Sampler[int]
     if shuffle:
         base = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     else:

@@ -57,7 +57,7 @@ def validate_store(path: str | Path, check_values: bool = True) -> list[Problem]
     report = _Report()
     try:
         root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    except Exception as e:  # zarr raises several types for a missing or foreign store
+    except Exception as e:  # noqa: BLE001  # zarr raises several types for a missing or foreign store
         report.error("/", f"cannot open as a zarr v3 group: {e}")
         return report.problems
     spec, cameras = _check_attrs(dict(root.attrs), report)

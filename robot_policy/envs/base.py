@@ -114,7 +114,7 @@ class TaskConfig:
 class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
     """Base of every simulated task. See the module docstring for observations, actions and reward."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"]}  # noqa: RUF012  # gymnasium declares it an instance attribute
     #: width of ``object_state``; 0 = the task has none
     object_state_dim: int = 0
     #: cameras ``render`` accepts

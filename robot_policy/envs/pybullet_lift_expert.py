@@ -198,7 +198,7 @@ class BimanualLiftExpert(ScriptedExpert):
         reach, close, rise = PHASE_STEPS
         if t < reach:
             # One time-scaling over the polyline home -> pre -> grasp, by arc length.
-            first, second = np.linalg.norm(pre - home), np.linalg.norm(grasp - pre)
+            first, second = float(np.linalg.norm(pre - home)), float(np.linalg.norm(grasp - pre))
             d = min_jerk((t + 1) / reach) * (first + second)
             if d <= first:
                 u = d / max(first, 1e-9)

@@ -38,7 +38,8 @@ class Row:
 
 def machine_description() -> str:
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
     return f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release().split('-')[0]}, Python {platform.python_version()}"
@@ -54,7 +55,7 @@ def write_results(name: str, title: str, rows: list[Row], results: dict[str, Any
                   device: str | None = None) -> Path:
     """Save ``results`` as ``bench_out/bench_<name>.json`` and rewrite the section in BENCHMARKS.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = device or machine_description()
     json_path = out_dir / f"bench_{name}.json"
     json_path.write_text(json.dumps({"bench": name, "command": command, "date": stamp, "machine": machine,
@@ -68,7 +69,7 @@ def write_results(name: str, title: str, rows: list[Row], results: dict[str, Any
     lines += ["", f"<!-- /bench:{name} -->"]
     section = "\n".join(lines)
     text = md_path.read_text() if md_path.exists() else _HEADER
-    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.DOTALL)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     md_path.write_text(text)
     return json_path

@@ -50,7 +50,7 @@ def _compose(name: str, overrides: list[str]) -> dict[str, Any]:
 
     raw = OmegaConf.to_container(compose(name, overrides), resolve=True)
     assert isinstance(raw, dict)
-    return raw
+    return {str(k): v for k, v in raw.items()}
 
 
 def _store_complete(path: Path, episodes: int) -> bool:

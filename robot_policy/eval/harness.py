@@ -227,7 +227,7 @@ def summarize(task: TaskConfig, results: list[EpisodeResult], cfg: EvalConfig, p
         "execute_horizon": cfg.execute_horizon,
         "workers": workers,
         "elapsed_s": elapsed_s,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "task_config": dataclasses.asdict(task),
         "per_episode": [dataclasses.asdict(r) for r in results],
     }

@@ -11,6 +11,14 @@ from robot_policy.spaces.embodiment import (
 from robot_policy.spaces.unified import SLOTS, UNIFIED_DIM, describe_index, slot
 
 __all__ = [
-    "EmbodimentSpec", "FieldMap", "FieldSpec", "SpecError", "available_embodiments", "load_embodiment",
-    "SLOTS", "UNIFIED_DIM", "describe_index", "slot",
+    "SLOTS",
+    "UNIFIED_DIM",
+    "EmbodimentSpec",
+    "FieldMap",
+    "FieldSpec",
+    "SpecError",
+    "available_embodiments",
+    "describe_index",
+    "load_embodiment",
+    "slot",
 ]

@@ -8,7 +8,7 @@ small functions are written here.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.spatial.transform import Rotation

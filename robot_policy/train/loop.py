@@ -156,7 +156,7 @@ def checkpoint_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -
         "normalizer": data.normalizer.to_json(),
         "languages": data.train.languages,
         "embodiments": {s.embodiment.name: s.embodiment.to_dict() for s in data.stores},
-        "tasks": [s.attrs.get("task", {}).get("name") for s in data.stores],
+        "tasks": [(s.attrs.get("task") or {}).get("name") for s in data.stores],
         "task_configs": [s.attrs.get("task") for s in data.stores],
         "datasets": [d.path for d in cfg.datasets],
         "state_fill": np.asarray(stats_state["mean"]).tolist(),
@@ -290,13 +290,15 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext) -> Path
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
-            logger.log(done, {"loss": window_loss / window_n, "loss_last": loss_value, "lr": scheduler.get_last_lr()[0],
+            logger.log(done, {"loss": window_loss / window_n, "loss_last": loss_value, "lr": float(scheduler.get_last_lr()[0]),
                               "grad_norm": float(grad_norm), "samples_per_s": samples / (now - t_last),
                               "ema_decay": ema.decay()})
             bar.set_postfix(loss=f"{window_loss / window_n:.4f}")
             window_loss, window_n, t_last, samples = 0.0, 0, now, 0
         if data.val is not None and (done % cfg.val_every == 0 or done == cfg.steps):
-            logger.log(done, {"val_loss": _validation_loss(ema.model, data, language, cfg, policy, device)})
+            ema_model = ema.model
+            assert isinstance(ema_model, RDTPolicyModel)
+            logger.log(done, {"val_loss": _validation_loss(ema_model, data, language, cfg, policy, device)})
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             if ctx.is_main:
                 _save(run_dir, done, config_json, model, ema, optimizer, scheduler, cfg.keep_checkpoints)
