@@ -4,6 +4,8 @@
           streaming-writer steps/s with two 224x224 cameras
   sim     control steps/s per task, state and camera observations
   infer   chunk latency p50/p95 per sampler and model size; training samples/s
+  success collate evaluations already run (evals=[dir,...]) into a success table with how each
+          policy was trained: demos, steps, training time, commands
 
 Options are the fields of each benchmark's config, e.g. `robot-policy bench data seconds=3`.
 `robot-policy bench NAME --help` lists them.
@@ -106,9 +108,54 @@ def _sim(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
     return "Simulation: control steps per second", rows, r, notes
 
 
+@dataclasses.dataclass
+class SuccessBenchConfig:
+    """Options of ``robot-policy bench success``: collate evaluations already run (nothing is re-run)."""
+
+    #: eval output directories (each holding eval.json)
+    evals: list[str] = dataclasses.field(default_factory=list)
+    #: success targets by task name (fraction), shown next to single-task rdt_small results
+    targets: dict[str, float] = dataclasses.field(default_factory=lambda: {"pybullet_bimanual_lift": 0.90,
+                                                                           "robosuite_two_arm_lift": 0.80})
+
+
+def _success(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
+    from robot_policy.eval.report import collate_success
+
+    cfg = parse_overrides(SuccessBenchConfig, overrides, "bench success")
+    if not cfg.evals:
+        raise ConfigError("evals: give the eval directories, e.g. evals=[runs/a/eval,runs/b/eval]")
+    rows, notes, results = [], [], {}
+    for rec in collate_success(cfg.evals):
+        ev, tr = rec["eval"], rec["train"]
+        if tr is None:
+            label = f"{ev['task']}: {ev['policy']}"
+        else:
+            policy = tr["policy"]
+            kind = "multi-task" if len(tr["datasets"]) > 1 else "single-task"
+            obs = "images" if policy["obs_encoder"]["cameras"] else "state"
+            demos = "+".join(str(n) for n in tr.get("dataset_episodes", [])) or "?"
+            minutes = f", {rec['train_seconds'] / 60:.0f} min training" if rec["train_seconds"] else ""
+            label = (f"{ev['task']}: {kind} RDT (width {policy['hidden_size']}, depth {policy['depth']}, {obs} "
+                     f"obs), {demos} demos, {rec['step'] or tr['train']['steps']} steps{minutes}")
+            notes.append(f"- {label}: `{tr.get('command') or '(train command not recorded)'}`, then "
+                         f"`{ev.get('command') or '(eval command not recorded)'}`")
+        value = (f"{100 * ev['success_rate']:.1f}% [{100 * ev['ci95_low']:.1f}, {100 * ev['ci95_high']:.1f}] "
+                 f"of {ev['episodes']} (seeds {ev['seed']}-{ev['seed'] + ev['episodes'] - 1})")
+        target = cfg.targets.get(ev["task"]) if tr is not None and len(tr["datasets"]) == 1 and \
+            not tr["policy"]["obs_encoder"]["cameras"] else None
+        rows.append(Row(label, value, f">= {100 * target:.0f}%" if target else "",
+                        check(ev["success_rate"], target) if target else ""))
+        results[label] = {k: ev[k] for k in ("task", "episodes", "seed", "success_rate", "ci95_low", "ci95_high")}
+    note = ("Success on held-out seeds (never used for collection, training or tuning), 95% Wilson intervals. "
+            "How each policy was trained and evaluated:\n" + "\n".join(notes))
+    return "Policy success in simulation", rows, results, note
+
+
 BENCHES: dict[str, tuple[Callable[[list[str]], tuple[str, list[Row], dict[str, Any], str]], str]] = {
     "data": (_data, "robot_policy.data.bench:DataBenchConfig"),
     "sim": (_sim, "robot_policy.envs.bench:SimBenchConfig"),
+    "success": (_success, "robot_policy.cli.bench:SuccessBenchConfig"),
     "infer": (_infer, "robot_policy.policies.bench:InferBenchConfig"),
 }
 

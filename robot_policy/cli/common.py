@@ -75,6 +75,13 @@ def verb_help(verb: str, doc: str, config_name: str | None) -> str:
     return text
 
 
+def command_line(verb: str, argv: list[str]) -> str:
+    """The command as a user would retype it, for provenance in outputs."""
+    import shlex
+
+    return " ".join(["robot-policy", verb, *(shlex.quote(a) for a in argv)])
+
+
 def fail(message: str, code: int = 2) -> int:
     print(f"robot-policy: {message}", file=sys.stderr)
     return code

@@ -12,7 +12,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from robot_policy.cli.common import ConfigError, compose, fail, pop_override, to_dataclass, verb_help
+from robot_policy.cli.common import (
+    ConfigError,
+    command_line,
+    compose,
+    fail,
+    pop_override,
+    to_dataclass,
+    verb_help,
+)
 
 SUMMARY = "evaluate a policy on held-out seeds: eval.json with a 95% interval, videos"
 
@@ -37,7 +45,7 @@ def main(argv: list[str]) -> int:
     except (ConfigError, ValueError, KeyError) as e:
         return fail(str(e))
     try:
-        report = evaluate(task, str(policy), cfg, policy_name=str(policy))
+        report = evaluate(task, str(policy), cfg, policy_name=str(policy), command=command_line("eval", argv))
     except (KeyError, ValueError, FileNotFoundError) as e:
         return fail(str(e), code=1)
     print(f"{report['task']} / {report['policy']}: success {report['successes']}/{report['episodes']} = "

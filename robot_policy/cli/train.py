@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from robot_policy.cli.common import ConfigError, compose, fail, to_dataclass, verb_help
+from robot_policy.cli.common import ConfigError, command_line, compose, fail, to_dataclass, verb_help
 
 SUMMARY = "train a diffusion policy on episode stores (checkpoints, TensorBoard, resume, DDP)"
 
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     except (ConfigError, ValueError, KeyError) as e:
         return fail(str(e))
     try:
-        run_dir = train(cfg, policy)
+        run_dir = train(cfg, policy, command=command_line("train", argv))
     except (FileExistsError, ValueError, KeyError) as e:
         return fail(str(e), code=1)
     print(f"trained {cfg.steps} steps; checkpoints in {run_dir / 'checkpoints'}")

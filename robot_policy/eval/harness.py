@@ -153,8 +153,11 @@ def _run_in_worker(seed: int, video_dir: Path | None) -> EpisodeResult:
 
 
 def evaluate(task: TaskConfig, policy: PolicySource, cfg: EvalConfig, *,
-             policy_name: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the evaluation, write ``out/eval.json`` and videos, and return the eval.json content."""
+             policy_name: str | None = None, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Run the evaluation, write ``out/eval.json`` and videos, and return the eval.json content.
+
+    ``command`` (the CLI line that asked for it) is recorded in eval.json.
+    """
     out = Path(cfg.out)
     video_dir = out / "videos"
     workers = cfg.workers or os.cpu_count() or 1
@@ -190,6 +193,7 @@ def evaluate(task: TaskConfig, policy: PolicySource, cfg: EvalConfig, *,
     bar.close()
     results.sort(key=lambda r: r.seed)
     report = summarize(task, results, cfg, policy_name or _describe(policy), time.perf_counter() - start, workers)
+    report["command"] = command
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report

@@ -91,3 +91,28 @@ def write_run_report(report_dir: Path, title: str, evals: list[dict[str, Any]], 
     path = report_dir / "report.md"
     path.write_text("\n".join(parts))
     return path
+
+
+def collate_success(eval_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """One record per evaluation: success with its interval, and how the evaluated policy was trained.
+
+    Reads ``<dir>/eval.json`` and, for checkpoint policies, the run's ``train_config.json`` and
+    ``metrics.jsonl`` (training wall time, steps, datasets, demonstrations, commands).
+    """
+    rows = []
+    for d in eval_dirs:
+        path = Path(d) / "eval.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no eval.json (run robot-policy eval ... out={d})")
+        ev = json.loads(path.read_text())
+        row: dict[str, Any] = {"eval": ev, "train": None, "train_seconds": None, "step": None}
+        checkpoint = Path(str(ev["policy"]).split(" (")[0])
+        if (checkpoint / "config.json").exists():
+            row["step"] = json.loads((checkpoint / "config.json").read_text()).get("step")
+        run_dir = next((p for p in (checkpoint, *checkpoint.parents) if (p / "train_config.json").exists()), None)
+        if run_dir is not None:
+            row["train"] = json.loads((run_dir / "train_config.json").read_text())
+            seconds = [m.get("train_seconds") for m in read_metrics(run_dir)]
+            row["train_seconds"] = next((t for t in reversed(seconds) if t is not None), None)
+        rows.append(row)
+    return rows

@@ -159,6 +159,7 @@ def checkpoint_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -
         "tasks": [(s.attrs.get("task") or {}).get("name") for s in data.stores],
         "task_configs": [s.attrs.get("task") for s in data.stores],
         "datasets": [d.path for d in cfg.datasets],
+        "dataset_episodes": [s.n_episodes for s in data.stores],
         "state_fill": np.asarray(stats_state["mean"]).tolist(),
         "execute_horizon": cfg.execute_horizon,
         "train": dataclasses.asdict(cfg),
@@ -194,6 +195,8 @@ class _Logger:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
+        #: wall time of the training steps before ``start_step`` (a resumed run keeps counting)
+        self.previous_seconds = 0.0
         if not enabled:
             return
         if self.path.exists():
@@ -202,6 +205,8 @@ class _Logger:
                 lines.pop()
             kept = [line for line in lines if json.loads(line)["step"] <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
+            times = [json.loads(line).get("train_seconds") for line in kept]
+            self.previous_seconds = next((t for t in reversed(times) if t is not None), 0.0)
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
@@ -220,13 +225,16 @@ class _Logger:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, policy: RDTConfig) -> Path:
-    """Run training; returns the run directory. Call under torchrun for data-parallel training."""
+def train(cfg: TrainConfig, policy: RDTConfig, command: str | None = None) -> Path:
+    """Run training; returns the run directory. Call under torchrun for data-parallel training.
+
+    ``command`` (the CLI line that asked for it) is recorded in train_config.json and the checkpoints.
+    """
     with distributed_context() as ctx:
-        return _train(cfg, policy, ctx)
+        return _train(cfg, policy, ctx, command)
 
 
-def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext) -> Path:
+def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command: str | None) -> Path:
     run_dir = Path(cfg.out)
     device = _device(cfg.device, ctx)
     if cfg.torch_threads:
@@ -257,6 +265,7 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext) -> Path
     loader = make_step_loader(data.train, sampler, cfg.num_workers)
     state_fill = _state_fill(data.normalizer).to(device)
     config_json = checkpoint_config(policy, cfg, data)
+    config_json["command"] = command
     logger = _Logger(run_dir, start_step, ctx.is_main)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -265,6 +274,7 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext) -> Path
         "cpu", enabled=False)
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not (cfg.progress and ctx.is_main))
     window_loss, window_n, t_last, samples = 0.0, 0, time.perf_counter(), 0
+    t_start = t_last
     model.train()
     for step, batch in zip(range(start_step, cfg.steps), loader):
         r = StepRandomness.draw(cfg.seed, step, cfg.batch_size, policy.horizon, max(len(cfg.cameras), 1),
@@ -292,6 +302,7 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext) -> Path
             now = time.perf_counter()
             logger.log(done, {"loss": window_loss / window_n, "loss_last": loss_value, "lr": float(scheduler.get_last_lr()[0]),
                               "grad_norm": float(grad_norm), "samples_per_s": samples / (now - t_last),
+                              "train_seconds": logger.previous_seconds + now - t_start,
                               "ema_decay": ema.decay()})
             bar.set_postfix(loss=f"{window_loss / window_n:.4f}")
             window_loss, window_n, t_last, samples = 0.0, 0, now, 0
