@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def write_run_report(report_dir: Path, title: str, evals: list[dict[str, Any]], 
     return path
 
 
-def collate_success(eval_dirs: list[str | Path]) -> list[dict[str, Any]]:
+def collate_success(eval_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """One record per evaluation: success with its interval, and how the evaluated policy was trained.
 
     Reads ``<dir>/eval.json`` and, for checkpoint policies, the run's ``train_config.json`` and
