@@ -36,7 +36,7 @@ class DemoConfig:
     train_steps: int = 3000
     eval_episodes: int = 100
     #: held out: collection uses seeds 0.., evaluation eval_seed..
-    eval_seed: int = 100_000
+    eval_seed: int = 1_000_000
     workers: int = 0
     videos: int = 2
     #: redo every stage even when its output exists
