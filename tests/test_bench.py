@@ -1,0 +1,42 @@
+"""Smoke tests of the benchmark verbs at toy sizes (the real runs are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from robot_policy.cli import bench
+from robot_policy.cli.common import ConfigError
+
+
+def _numbers(rows: list) -> list[float]:
+    return [float(r.value.replace(",", "").split()[0].rstrip("%")) for r in rows]
+
+
+def test_bench_data_small(tmp_path: Path) -> None:
+    title, rows, results, _ = bench._data([f"workdir={tmp_path}", "n_steps=3000", "episode_length=300",
+                                           "seconds=0.2", "writer_steps=40", "writer_episode_length=20",
+                                           "image_size=32"])
+    assert results["store_steps"] == 3000
+    assert all(v > 0 for v in _numbers(rows))
+    assert rows[0].status in ("pass", "FAIL")
+
+
+def test_bench_sim_small() -> None:
+    _, rows, results, _ = bench._sim(["tasks=[pybullet_bimanual_lift]", "seconds=0.3", "image_size=32"])
+    assert results["pybullet_bimanual_lift"]["state_steps_per_s"] > 0
+    assert len(rows) == 2
+
+
+def test_bench_infer_small() -> None:
+    _, rows, results, _ = bench._infer(["models=[rdt_tiny]", "samplers=[ddim:2]", "repeats=2", "call_repeats=2",
+                                        "train_models=[rdt_tiny]", "train_steps=1", "train_batch_size=4",
+                                        "torch_threads=1"])
+    assert rows and results
+
+
+def test_bench_rejects_unknown_options() -> None:
+    with pytest.raises(ConfigError, match="seconds_per_task"):
+        bench._sim(["seconds_per_task=3"])
+    assert bench.main(["nonsense"]) == 2
