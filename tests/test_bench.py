@@ -15,7 +15,7 @@ def _numbers(rows: list) -> list[float]:
 
 
 def test_bench_data_small(tmp_path: Path) -> None:
-    title, rows, results, _ = bench._data([f"workdir={tmp_path}", "n_steps=3000", "episode_length=300",
+    _, rows, results, _ = bench._data([f"workdir={tmp_path}", "n_steps=3000", "episode_length=300",
                                            "seconds=0.2", "writer_steps=40", "writer_episode_length=20",
                                            "image_size=32"])
     assert results["store_steps"] == 3000

@@ -101,7 +101,8 @@ def test_parameter_counts_match_rdt() -> None:
     assert abs(n170 / 170e6 - 1) < 0.10, n170
     assert abs(n1b / 1.2e9 - 1) < 0.10, n1b
     assert count_parameters(load_policy_config("rdt_tiny"), include_obs_encoder=True) < 1_000_000
-    assert 1e6 < count_parameters(load_policy_config("rdt_small")) < 20e6
+    # rdt_small is sized to train in minutes on 2 CPU cores: several times rdt_tiny, far below rdt_170m
+    assert 3 * count_parameters(load_policy_config("rdt_tiny")) < count_parameters(load_policy_config("rdt_small")) < 5e6
     parts = parameter_breakdown(load_policy_config("rdt_1b"))
     assert {"lang_adaptor", "obs_adaptor", "state_adaptor", "blocks", "head"} <= set(parts)
 

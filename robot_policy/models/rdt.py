@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from robot_policy.models.diffusion import DiffusionConfig, NoiseSchedule, Sampler
@@ -366,8 +367,9 @@ def available_policy_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.stem for p in (config_dir / "policy").glob("*.yaml"))
 
 
-def load_policy_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> RDTConfig:
-    """``configs/policy/<name>.yaml`` (or a YAML path) -> RDTConfig; an unknown name lists the available ones."""
+def _policy_yaml(name_or_path: str | Path, config_dir: Path) -> tuple[dict[str, Any], Path]:
+    """Raw YAML of a policy config with its Hydra ``defaults`` (other policy configs) merged in first, as
+    ``robot-policy train policy=<name>`` composes it."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = config_dir / "policy" / f"{name_or_path}.yaml"
@@ -376,4 +378,20 @@ def load_policy_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) 
                            f"available: {', '.join(available_policy_configs(config_dir))}")
     with open(path) as fh:
         raw = yaml.safe_load(fh) or {}
+    parents = [d for d in raw.pop("defaults", []) if d != "_self_"]
+    merged = OmegaConf.create()
+    for parent in parents:
+        merged = OmegaConf.merge(merged, _policy_yaml(str(parent), config_dir)[0])
+    merged = OmegaConf.merge(merged, raw)
+    out = OmegaConf.to_container(merged)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}, path
+
+
+def load_policy_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> RDTConfig:
+    """``configs/policy/<name>.yaml`` (or a YAML path) -> RDTConfig; an unknown name lists the available ones.
+
+    A config may start from others with a Hydra ``defaults: [other, _self_]`` list.
+    """
+    raw, path = _policy_yaml(name_or_path, config_dir)
     return policy_config_from_dict(raw, where=str(path))

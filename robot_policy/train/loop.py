@@ -76,8 +76,8 @@ class TrainConfig:
     device: str = "auto"
     #: torch threads per rank; None = torch's default
     torch_threads: int | None = None
-    #: actions executed per chunk at inference, stored in the checkpoint
-    execute_horizon: int = 8
+    #: actions executed per chunk at inference, stored in the checkpoint; None = the whole chunk (Ta)
+    execute_horizon: int | None = None
     normalizer: dict[str, str] = field(default_factory=lambda: {"state": "gaussian", "action": "minmax",
                                                                  "object_state": "gaussian"})
     optim: BCConfig = field(default_factory=BCConfig)
@@ -161,7 +161,7 @@ def checkpoint_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -
         "datasets": [d.path for d in cfg.datasets],
         "dataset_episodes": [s.n_episodes for s in data.stores],
         "state_fill": np.asarray(stats_state["mean"]).tolist(),
-        "execute_horizon": cfg.execute_horizon,
+        "execute_horizon": cfg.execute_horizon or policy.horizon,
         "train": dataclasses.asdict(cfg),
     }
 
