@@ -379,7 +379,7 @@ def _policy_yaml(name_or_path: str | Path, config_dir: Path) -> tuple[dict[str, 
     with open(path) as fh:
         raw = yaml.safe_load(fh) or {}
     parents = [d for d in raw.pop("defaults", []) if d != "_self_"]
-    merged = OmegaConf.create()
+    merged: Any = OmegaConf.create()
     for parent in parents:
         merged = OmegaConf.merge(merged, _policy_yaml(str(parent), config_dir)[0])
     merged = OmegaConf.merge(merged, raw)
