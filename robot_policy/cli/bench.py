@@ -69,6 +69,17 @@ def _infer(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
     for name, t in r["train"].items():
         rows.append(Row(f"training {name} ({t['parameters'] / 1e6:.1f}M params), batch {t['batch_size']}: samples/s "
                         f"(step p50 {t['step']['p50_ms']:,.0f} ms, n={t['step']['n']})", f"{t['samples_per_s']:,.1f}"))
+    from robot_policy.models.params import count_parameters
+    from robot_policy.models.rdt import available_policy_configs, load_policy_config
+
+    targets = {"rdt_170m": 170e6, "rdt_1b": 1.2e9}
+    for name in available_policy_configs():
+        n = count_parameters(load_policy_config(name))
+        r.setdefault("parameters", {})[name] = n
+        target = targets.get(name)
+        rows.append(Row(f"{name}: parameters (transformer + adaptors, counted on the meta device)", f"{n:,}",
+                        f"{target / 1e6:,.0f}M +-10%" if target else "",
+                        ("pass" if abs(n / target - 1) <= 0.10 else "FAIL") if target else ""))
     budget_ms = 1e3 * r["execute_horizon"] / r["control_hz"]
     heavy = [f"{name} {label} (n={s['n']})" for name, m in r["latency"].items() for label, s in m["samplers"].items()
              if s["n"] < cfg.repeats]

@@ -68,9 +68,14 @@ def write_run_report(report_dir: Path, title: str, evals: list[dict[str, Any]], 
         metrics = read_metrics(train_run)
         if metrics:
             plot_loss_curve(metrics, report_dir / "loss_curve.png")
-            last = metrics[-1]
-            parts += ["## Training", "", "![loss curve](loss_curve.png)", "",
-                      f"Final logged loss {last.get('loss', float('nan')):.4g} at step {last['step']}.", ""]
+            last = next(m for m in reversed(metrics) if "loss" in m)
+            val = next((m for m in reversed(metrics) if "val_loss" in m), None)
+            summary = f"Final training loss {last['loss']:.4g} at step {last['step']}"
+            if val is not None:
+                summary += f"; validation loss {val['val_loss']:.4g} at step {val['step']}"
+            if last.get("train_seconds"):
+                summary += f"; {last['train_seconds'] / 60:.1f} min of training"
+            parts += ["## Training", "", "![loss curve](loss_curve.png)", "", summary + ".", ""]
     videos = [e["video"] for r in evals for e in r["per_episode"] if e.get("video")]
     if videos:
         parts += ["## Rollouts", ""]
