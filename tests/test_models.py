@@ -76,7 +76,7 @@ def test_policy_configs_load() -> None:
     small = load_policy_config("rdt_small")
     assert small.mlp_ratio == 1.0 and small.diffusion.sampler == "dpmsolver++"
     assert small.diffusion.num_inference_steps == 5 and small.diffusion.prediction_type == "sample"
-    with pytest.raises(KeyError, match="unknown policy config 'rdt_huge'; available: .*rdt_small"):
+    with pytest.raises(KeyError, match="unknown policy 'rdt_huge'; available: .*rdt_small"):
         load_policy_config("rdt_huge")
 
 

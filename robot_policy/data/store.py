@@ -78,8 +78,35 @@ class CameraInfo:
         return cls(int(d["height"]), int(d["width"]), d.get("intrinsics"), d.get("extrinsics"))
 
 
+class EpisodeIndex:
+    """Episode counts and bounds from ``episode_ends`` (E,), shared by the store and in-RAM episode data;
+    the class using it provides ``episode_ends`` (a field or a property)."""
+
+    episode_ends: np.ndarray
+
+    @property
+    def n_episodes(self) -> int:
+        return int(self.episode_ends.shape[0])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.episode_ends[-1]) if self.n_episodes else 0
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(self.episode_ends, prepend=0)
+
+    def episode_bounds(self, index: int) -> tuple[int, int]:
+        """Rows ``[start, end)`` of episode ``index`` (negative counts from the end)."""
+        if not -self.n_episodes <= index < self.n_episodes:
+            raise IndexError(f"episode {index} out of range: the store has {self.n_episodes} episodes")
+        index %= self.n_episodes
+        start = int(self.episode_ends[index - 1]) if index > 0 else 0
+        return start, int(self.episode_ends[index])
+
+
 @dataclass
-class EpisodeData:
+class EpisodeData(EpisodeIndex):
     """Episodes as arrays: what the sampler reads, either lazily from disk or held in RAM.
 
     Attributes:
@@ -91,25 +118,6 @@ class EpisodeData:
     episode_ends: np.ndarray
     data: dict[str, Any]
     meta: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def n_episodes(self) -> int:
-        return int(self.episode_ends.shape[0])
-
-    @property
-    def n_steps(self) -> int:
-        return int(self.episode_ends[-1]) if self.n_episodes else 0
-
-    def episode_bounds(self, index: int) -> tuple[int, int]:
-        if not -self.n_episodes <= index < self.n_episodes:
-            raise IndexError(f"episode {index} out of range: the store has {self.n_episodes} episodes")
-        index %= self.n_episodes
-        start = int(self.episode_ends[index - 1]) if index > 0 else 0
-        return start, int(self.episode_ends[index])
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        return np.diff(self.episode_ends, prepend=0)
 
 
 def committed_episode_ends(raw_ends: np.ndarray) -> np.ndarray:
@@ -124,7 +132,7 @@ def committed_episode_ends(raw_ends: np.ndarray) -> np.ndarray:
     return ends
 
 
-class EpisodeStore:
+class EpisodeStore(EpisodeIndex):
     """One zarr v3 episode store on local disk. Use :meth:`create` or :meth:`open`."""
 
     def __init__(self, path: Path, root: zarr.Group, writable: bool, lock_fd: int | None) -> None:
@@ -222,16 +230,8 @@ class EpisodeStore:
 
     # ---- reading ---------------------------------------------------------------------------------
     @property
-    def episode_ends(self) -> np.ndarray:
+    def episode_ends(self) -> np.ndarray:  # type: ignore[override]  # read-only: changed only by commits
         return self._episode_ends
-
-    @property
-    def n_episodes(self) -> int:
-        return int(self._episode_ends.shape[0])
-
-    @property
-    def n_steps(self) -> int:
-        return int(self._episode_ends[-1]) if self.n_episodes else 0
 
     @property
     def data_keys(self) -> list[str]:
@@ -250,9 +250,6 @@ class EpisodeStore:
             assert isinstance(found, zarr.Array)
             arr = self._arrays[key] = found
         return arr
-
-    def episode_bounds(self, index: int) -> tuple[int, int]:
-        return self.as_episode_data(keys=[]).episode_bounds(index)
 
     def get_episode(self, index: int, keys: list[str] | None = None) -> dict[str, Any]:
         """One episode's data arrays (read into numpy) and its meta values."""

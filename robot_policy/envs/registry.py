@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from robot_policy.envs.base import ManipulationEnv, Randomization, TaskConfig
-from robot_policy.paths import CONFIG_DIR
+from robot_policy.paths import CONFIG_DIR, available_configs, resolve_config
 
 E = TypeVar("E", bound=type[ManipulationEnv])
 
@@ -48,7 +48,7 @@ def env_class(key: str) -> type[ManipulationEnv]:
 
 
 def available_tasks(config_dir: Path = CONFIG_DIR) -> list[str]:
-    return sorted(p.stem for p in (config_dir / "task").glob("*.yaml"))
+    return available_configs("task", config_dir)
 
 
 def task_config_from_dict(raw: dict[str, Any], where: str = "task") -> TaskConfig:
@@ -71,11 +71,7 @@ def task_config_from_dict(raw: dict[str, Any], where: str = "task") -> TaskConfi
 
 def load_task_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR, **overrides: Any) -> TaskConfig:
     """``configs/task/<name>.yaml`` (or a YAML path) plus keyword overrides -> TaskConfig."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = config_dir / "task" / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise KeyError(f"unknown task {str(name_or_path)!r}; available: {', '.join(available_tasks(config_dir))}")
+    path = resolve_config("task", name_or_path, config_dir)
     with open(path) as fh:
         raw = yaml.safe_load(fh)
     rnd_over = overrides.pop("randomization", None)

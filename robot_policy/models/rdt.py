@@ -40,7 +40,7 @@ from robot_policy.models.layers import (
     mlp_adaptor,
 )
 from robot_policy.models.text import TextEncoderConfig
-from robot_policy.paths import CONFIG_DIR
+from robot_policy.paths import CONFIG_DIR, available_configs, resolve_config
 from robot_policy.spaces.unified import UNIFIED_DIM
 
 Da = UNIFIED_DIM
@@ -364,18 +364,13 @@ def policy_config_from_dict(raw: Mapping[str, Any], where: str = "policy") -> RD
 
 
 def available_policy_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
-    return sorted(p.stem for p in (config_dir / "policy").glob("*.yaml"))
+    return available_configs("policy", config_dir)
 
 
 def _policy_yaml(name_or_path: str | Path, config_dir: Path) -> tuple[dict[str, Any], Path]:
     """Raw YAML of a policy config with its Hydra ``defaults`` (other policy configs) merged in first, as
     ``robot-policy train policy=<name>`` composes it."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = config_dir / "policy" / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise KeyError(f"unknown policy config {str(name_or_path)!r}; "
-                           f"available: {', '.join(available_policy_configs(config_dir))}")
+    path = resolve_config("policy", name_or_path, config_dir)
     with open(path) as fh:
         raw = yaml.safe_load(fh) or {}
     parents = [d for d in raw.pop("defaults", []) if d != "_self_"]

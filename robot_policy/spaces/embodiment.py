@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from robot_policy.paths import CONFIG_DIR
+from robot_policy.paths import CONFIG_DIR, available_configs, resolve_config
 from robot_policy.spaces import rotation as rot
 from robot_policy.spaces.unified import SLOTS, UNIFIED_DIM, describe_index, slot, slot_width
 
@@ -341,17 +341,12 @@ def _plain(x: Any) -> Any:
 
 
 def available_embodiments(config_dir: Path = CONFIG_DIR) -> list[str]:
-    return sorted(p.stem for p in (config_dir / "embodiment").glob("*.yaml"))
+    return available_configs("embodiment", config_dir)
 
 
 def load_embodiment(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> EmbodimentSpec:
     """Load ``configs/embodiment/<name>.yaml``, or a YAML file path. An unknown name lists the valid ones."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = config_dir / "embodiment" / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise SpecError(f"unknown embodiment {str(name_or_path)!r}; available: "
-                            f"{', '.join(available_embodiments(config_dir))}")
+    path = resolve_config("embodiment", name_or_path, config_dir, error=SpecError)
     with open(path) as fh:
         raw = yaml.safe_load(fh)
     return EmbodimentSpec.from_dict(raw, where=str(path))
