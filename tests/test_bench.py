@@ -23,10 +23,12 @@ def test_bench_data_small(tmp_path: Path) -> None:
     assert rows[0].status in ("pass", "FAIL")
 
 
-def test_bench_sim_small() -> None:
-    _, rows, results, _ = bench._sim(["tasks=[pybullet_bimanual_lift]", "seconds=0.3", "image_size=32"])
+def test_bench_sim_small(tmp_path: Path) -> None:
+    _, rows, results, _ = bench._sim(["tasks=[pybullet_bimanual_lift]", "seconds=0.3", "image_size=32",
+                                      "collect_tasks=[pybullet_bimanual_lift]", "collect_episodes=1",
+                                      f"workdir={tmp_path}"])
     assert results["pybullet_bimanual_lift"]["state_steps_per_s"] > 0
-    assert len(rows) == 2
+    assert len(rows) == 3 and results["pybullet_bimanual_lift"]["collect"]["episodes"] == 1
 
 
 def test_bench_infer_small() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,11 @@ class SimBenchConfig:
     image_size: int = 128
     #: camera for the camera-observation row; None = the task's first available camera
     camera: str | None = None
+    #: tasks timed collecting ``collect_episodes`` scripted episodes into a store (0 = skip)
+    collect_tasks: list[str] = field(default_factory=lambda: ["pybullet_bimanual_lift", "robosuite_two_arm_lift"])
+    collect_episodes: int = 50
+    #: where the timed collections write their stores
+    workdir: str = "bench_out/sim"
 
 
 def steps_per_second(task: str, cameras: list[str], size: int, seconds: float) -> float:
@@ -48,6 +54,17 @@ def steps_per_second(task: str, cameras: list[str], size: int, seconds: float) -
     return rate
 
 
+def collect_seconds(task: str, episodes: int, out: Path) -> dict[str, float]:
+    """Wall time of ``robot-policy collect``'s library call for ``episodes`` scripted episodes."""
+    from robot_policy.teleop.collect import CollectConfig, collect
+
+    start = time.perf_counter()
+    summary = collect(load_task_config(task), CollectConfig(episodes=episodes, out=str(out), overwrite=True),
+                      progress=False)
+    return {"seconds": time.perf_counter() - start, "episodes": summary["episodes_written"],
+            "steps": summary["steps"], "expert_success_rate": summary["expert_success_rate"]}
+
+
 def run_sim_bench(cfg: SimBenchConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for task in cfg.tasks:
@@ -59,4 +76,8 @@ def run_sim_bench(cfg: SimBenchConfig) -> dict[str, Any]:
             "camera": camera,
             "camera_steps_per_s": steps_per_second(task, [camera], cfg.image_size, cfg.seconds),
         }
+    if cfg.collect_episodes > 0:
+        for task in cfg.collect_tasks:
+            results.setdefault(task, {})["collect"] = collect_seconds(
+                task, cfg.collect_episodes, Path(cfg.workdir) / f"{task}.zarr")
     return results

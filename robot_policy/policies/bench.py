@@ -375,7 +375,9 @@ def run_infer_bench(cfg: InferBenchConfig, progress: Callable[[str], None] | Non
         results: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                                    "load_average_1min_before": os.getloadavg()[0], "torch": torch.__version__,
                                    "task": cfg.task, "control_hz": ti.control_hz,
-                                   "execute_horizon": int(train_defaults()["execute_horizon"]),
+                                   # null in the train config = the whole chunk of the first model
+                                   "execute_horizon": int(train_defaults()["execute_horizon"]
+                                                          or load_policy_config(cfg.models[0]).horizon),
                                    "object_state_dim": ti.object_state_dim, "latency": {}, "train": {}}
         for name in cfg.models:
             say(f"latency: {name}")
