@@ -69,6 +69,14 @@ def run_demo(cfg: DemoConfig) -> Path:
     store_path, train_dir, eval_dir = root / "demos.zarr", root / "train", root / "eval"
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {}
+    # The stage-by-stage commands this demo is equivalent to: recorded with each stage's outputs.
+    commands = {
+        "collect": f"robot-policy collect task={cfg.task} episodes={cfg.episodes} out={store_path}",
+        "train": (f"robot-policy train task={cfg.task} policy={cfg.policy} dataset.path={store_path} "
+                  f"out={train_dir} steps={cfg.train_steps}" + "".join(f" {o}" for o in cfg.train_overrides)),
+        "eval": (f"robot-policy eval task={cfg.task} policy={train_dir}/checkpoints/latest "
+                 f"episodes={cfg.eval_episodes} seed={cfg.eval_seed} out={eval_dir}"),
+    }
 
     t0 = time.perf_counter()
     raw = _compose("collect", [f"task={cfg.task}"])
@@ -90,15 +98,17 @@ def run_demo(cfg: DemoConfig) -> Path:
                                          f"out={train_dir}", f"steps={cfg.train_steps}",
                                          f"resume={str(latest is not None and not cfg.fresh).lower()}",
                                          *cfg.train_overrides])
-        train(train_cfg, policy)
+        train(train_cfg, policy, command=commands["train"])
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     report_json = eval_dir / "eval.json"
     if cfg.fresh or not report_json.exists() or json.loads(report_json.read_text())["episodes"] != cfg.eval_episodes:
-        evaluate(task, str(ckpt.latest_checkpoint(train_dir)),
+        checkpoint = ckpt.latest_checkpoint(train_dir)
+        assert checkpoint is not None
+        evaluate(task, str(checkpoint),
                  EvalConfig(episodes=cfg.eval_episodes, seed=cfg.eval_seed, out=str(eval_dir), workers=cfg.workers,
-                            videos=cfg.videos), policy_name=f"{cfg.policy} ({train_dir.name})")
+                            videos=cfg.videos), policy_name=str(checkpoint), command=commands["eval"])
     result = json.loads(report_json.read_text())
     timings["evaluate"] = time.perf_counter() - t0
 
@@ -109,11 +119,6 @@ def run_demo(cfg: DemoConfig) -> Path:
              f"{collected.get('expert_successes', '?')}/{collected.get('attempts', '?')}); policy `{cfg.policy}` "
              f"trained {cfg.train_steps} steps; evaluated on seeds {cfg.eval_seed}-"
              f"{cfg.eval_seed + cfg.eval_episodes - 1}, never used for collection or training.")
-    reproduce = ("```\nrobot-policy demo\n```\nor stage by stage:\n```\n"
-                 f"robot-policy collect task={cfg.task} episodes={cfg.episodes} out={store_path}\n"
-                 f"robot-policy train task={cfg.task} policy={cfg.policy} dataset.path={store_path} out={train_dir} "
-                 f"steps={cfg.train_steps}\n"
-                 f"robot-policy eval task={cfg.task} policy={train_dir}/checkpoints/latest episodes={cfg.eval_episodes} "
-                 f"seed={cfg.eval_seed} out={eval_dir}\n```")
+    reproduce = ("```\nrobot-policy demo\n```\nor stage by stage:\n```\n" + "\n".join(commands.values()) + "\n```")
     return write_run_report(root, f"Demo run: {cfg.name}", [result], train_dir,
                             sections={"Setup": notes, "Reproduce": reproduce}, timings=timings)
