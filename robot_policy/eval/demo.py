@@ -103,9 +103,11 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     t0 = time.perf_counter()
     report_json = eval_dir / "eval.json"
-    if cfg.fresh or not report_json.exists() or json.loads(report_json.read_text())["episodes"] != cfg.eval_episodes:
-        checkpoint = ckpt.latest_checkpoint(train_dir)
-        assert checkpoint is not None
+    checkpoint = ckpt.latest_checkpoint(train_dir)
+    assert checkpoint is not None
+    previous = json.loads(report_json.read_text()) if report_json.exists() else {}
+    # Re-evaluate unless the existing evaluation is of this very checkpoint with these episodes.
+    if cfg.fresh or previous.get("policy") != str(checkpoint) or previous.get("episodes") != cfg.eval_episodes:
         evaluate(task, str(checkpoint),
                  EvalConfig(episodes=cfg.eval_episodes, seed=cfg.eval_seed, out=str(eval_dir), workers=cfg.workers,
                             videos=cfg.videos), policy_name=str(checkpoint), command=commands["eval"])
