@@ -8,14 +8,21 @@ Data-parallel: torchrun --nproc_per_node=N -m robot_policy.cli.main train ...
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from omegaconf import OmegaConf
 
 from robot_policy.cli.common import ConfigError, command_line, compose, fail, to_dataclass, verb_help
 
+if TYPE_CHECKING:
+    from robot_policy.models.rdt import RDTConfig
+    from robot_policy.train.loop import TrainConfig
+
 SUMMARY = "train a diffusion policy on episode stores (checkpoints, TensorBoard, resume, DDP)"
 
 
-def parse(argv: list[str]):
+def parse(argv: list[str]) -> tuple[TrainConfig, RDTConfig]:
+    """Compose ``configs/train.yaml`` with ``argv``'s overrides into the training and policy configs."""
     from robot_policy.models.rdt import policy_config_from_dict
     from robot_policy.train.loop import TrainConfig
 
