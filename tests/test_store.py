@@ -105,6 +105,21 @@ def test_bad_episodes_are_rejected_naming_key_and_step(tmp_path: Path) -> None:
     assert validate_store(tmp_path / "s.zarr") == []
 
 
+def test_rejected_episode_leaves_no_rows_or_keys(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr")
+    ep = make_episode(0)
+    bad = {**ep, "reward": np.arange(ep["state"].shape[0], dtype=np.float32), "state": ep["state"].copy()}
+    bad["state"][1, 99] = 1.0  # a reserved slot: rejected by the mask check
+    with pytest.raises(StoreError, match="writes slot reserved"):
+        store.add_episode(bad)
+    assert store.data_keys == [] and store.n_steps == 0
+    store.add_episode(make_episode(1))  # without 'reward': the rejected episode fixed nothing
+    assert "reward" not in store.data_keys
+    assert_episode_equal(store, 0, make_episode(1))
+    store.close()
+    assert validate_store(tmp_path / "s.zarr") == []
+
+
 def test_stream_without_commit_leaves_nothing(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s.zarr")
     store.add_episode(make_episode(0))

@@ -38,15 +38,19 @@ def main(argv: list[str]) -> int:
         assert isinstance(raw, dict)
         policy = policy or raw.pop("policy")
         raw.pop("policy", None)
+        if Path(str(policy)).exists():  # a checkpoint or run directory: pin the step directory it means now
+            from robot_policy.train.checkpoint import resolve_checkpoint
+
+            policy = str(resolve_checkpoint(str(policy)))
         task = task_config_from_dict(raw.pop("task"), where="task")
         if not raw.get("out"):
             raw["out"] = str(Path("runs/eval") / f"{task.name}-{Path(str(policy)).name}")
         cfg = to_dataclass(EvalConfig, raw, "eval")
-    except (ConfigError, ValueError, KeyError) as e:
+    except (ConfigError, ValueError, KeyError, RuntimeError) as e:  # CheckpointError is a RuntimeError
         return fail(str(e))
     try:
         report = evaluate(task, str(policy), cfg, policy_name=str(policy), command=command_line("eval", argv))
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
         return fail(str(e), code=1)
     print(f"{report['task']} / {report['policy']}: success {report['successes']}/{report['episodes']} = "
           f"{report['success_rate']:.1%} (95% CI {report['ci95_low']:.1%}-{report['ci95_high']:.1%}), "

@@ -304,16 +304,22 @@ class EpisodeStore(EpisodeIndex):
         self._check_writable()
         arrays = {k: np.asarray(v) for k, v in data.items()}
         length = self._check_episode(arrays)
+        meta = self.episode_meta_values(language=language, seed=seed, success=success, state_mask=state_mask,
+                                        action_mask=action_mask)
+        self.check_masked_zero(arrays[fmt.STATE], arrays[fmt.ACTION], meta)
         start = self.n_steps
-        for key, values in arrays.items():
-            if fmt.is_image_key(key):
-                for offset in range(0, length, fmt.IMAGE_WRITE_BLOCK):
-                    block = values[offset: offset + fmt.IMAGE_WRITE_BLOCK]
-                    self.write_rows(key, start + offset, block)
-            else:
-                self.write_rows(key, start, values)
-        return self.commit_episode(length, language=language, seed=seed, success=success,
-                                   state_mask=state_mask, action_mask=action_mask)
+        try:
+            for key, values in arrays.items():
+                if fmt.is_image_key(key):
+                    for offset in range(0, length, fmt.IMAGE_WRITE_BLOCK):
+                        block = values[offset: offset + fmt.IMAGE_WRITE_BLOCK]
+                        self.write_rows(key, start + offset, block)
+                else:
+                    self.write_rows(key, start, values)
+            return self.commit_episode(length, meta)
+        except BaseException:
+            self.discard_tail()  # nothing of a failed episode may reach the next one
+            raise
 
     def stream_episode(self, *, language: str = "", seed: int = -1, state_mask: np.ndarray | None = None,
                        action_mask: np.ndarray | None = None) -> StreamingEpisodeWriter:
@@ -408,33 +414,14 @@ class EpisodeStore(EpisodeIndex):
             arr.resize((end, *arr.shape[1:]))
         arr[first_row:end] = values
 
-    def reserve_rows(self, key: str, n_rows: int, headroom: int = 0) -> None:
-        """If ``data/<key>`` has fewer than ``n_rows`` rows, grow it to ``n_rows + headroom`` (an
-        uncommitted tail), so that the next writes need no resize."""
-        arr = self.array(key)
-        if arr.shape[0] < n_rows:
-            arr.resize((n_rows + headroom, *arr.shape[1:]))
-
-    def commit_episode(self, length: int, *, language: str = "", seed: int = -1, success: bool | None = None,
-                       state_mask: np.ndarray | None = None, action_mask: np.ndarray | None = None) -> int:
-        """Commit the ``length`` rows written after ``n_steps`` as one episode. Returns its index.
-
-        Every data array is first cut to exactly the new length (dropping reserved capacity), then the
-        per-episode meta is written, and last the ``episode_ends`` entry, which makes it visible.
-        """
-        self._check_writable()
-        start, end, index = self.n_steps, self.n_steps + length, self.n_episodes
-        for key in self.data_keys:
-            arr = self.array(key)
-            if arr.shape[0] < end:
-                raise StoreError(f"commit: data/{key} has {arr.shape[0]} rows, the episode needs {end}")
-            if arr.shape[0] > end:
-                arr.resize((end, *arr.shape[1:]))
-        masks = {fmt.STATE_MASK: state_mask, fmt.ACTION_MASK: action_mask}
+    def episode_meta_values(self, *, language: str = "", seed: int = -1, success: bool | None = None,
+                            state_mask: np.ndarray | None = None,
+                            action_mask: np.ndarray | None = None) -> dict[str, Any]:
+        """Validated per-episode meta for :meth:`commit_episode`; masks default to the embodiment's."""
         defaults = {fmt.STATE_MASK: self.embodiment.state.mask, fmt.ACTION_MASK: self.embodiment.action.mask}
-        meta_values: dict[str, Any] = {fmt.LANGUAGE: str(language), fmt.SEED: int(seed),
-                                       fmt.SUCCESS: -1 if success is None else int(bool(success))}
-        for key, mask in masks.items():
+        values: dict[str, Any] = {fmt.LANGUAGE: str(language), fmt.SEED: int(seed),
+                                  fmt.SUCCESS: -1 if success is None else int(bool(success))}
+        for key, mask in ((fmt.STATE_MASK, state_mask), (fmt.ACTION_MASK, action_mask)):
             m = defaults[key] if mask is None else np.asarray(mask, dtype=np.float32)
             if m.shape != (UNIFIED_DIM,) or not np.all((m == 0) | (m == 1)):
                 raise StoreError(f"{key}: expected a (128,) 0/1 mask, got shape {m.shape}")
@@ -442,9 +429,35 @@ class EpisodeStore(EpisodeIndex):
             if extra.size:
                 raise StoreError(f"{key}: slots {[describe_index(int(i)) for i in extra]} are not written by "
                                  f"embodiment {self.embodiment.name}")
-            meta_values[key] = m
-        self._check_masked_zero(start, end, meta_values)
-        for key, value in meta_values.items():
+            values[key] = m
+        return values
+
+    @staticmethod
+    def check_masked_zero(state: np.ndarray, action: np.ndarray, meta: Mapping[str, Any]) -> None:
+        """Raise if a (T, 128) state or action row writes a slot its episode's mask marks unused."""
+        for key, rows, mask_key in ((fmt.STATE, state, fmt.STATE_MASK), (fmt.ACTION, action, fmt.ACTION_MASK)):
+            outside = (rows != 0) & (meta[mask_key][None, :] == 0)
+            if outside.any():
+                t, i = np.argwhere(outside)[0]
+                raise StoreError(f"{key}: step {int(t)} writes slot {describe_index(int(i))}, which its mask "
+                                 f"marks unused")
+
+    def commit_episode(self, length: int, meta: Mapping[str, Any]) -> int:
+        """Commit the ``length`` rows written after ``n_steps`` as one episode. Returns its index.
+
+        ``meta`` comes from :meth:`episode_meta_values`. Every data array is first cut to exactly the new
+        length, then the per-episode meta is written, and last the ``episode_ends`` entry, which makes the
+        episode visible.
+        """
+        self._check_writable()
+        end, index = self.n_steps + length, self.n_episodes
+        for key in self.data_keys:
+            arr = self.array(key)
+            if arr.shape[0] < end:
+                raise StoreError(f"commit: data/{key} has {arr.shape[0]} rows, the episode needs {end}")
+            if arr.shape[0] > end:
+                arr.resize((end, *arr.shape[1:]))
+        for key, value in meta.items():
             arr = self._meta_array(key)
             if arr.shape[0] != index + 1:
                 arr.resize((index + 1, *arr.shape[1:]))
@@ -454,15 +467,6 @@ class EpisodeStore(EpisodeIndex):
         ends[index] = end  # the commit point
         self._episode_ends = np.append(self._episode_ends, np.int64(end))
         return index
-
-    def _check_masked_zero(self, start: int, end: int, meta: Mapping[str, np.ndarray]) -> None:
-        for key, mask_key in ((fmt.STATE, fmt.STATE_MASK), (fmt.ACTION, fmt.ACTION_MASK)):
-            rows = self.array(key)[start:end]
-            outside = (rows != 0) & (meta[mask_key][None, :] == 0)
-            if outside.any():
-                t, i = np.argwhere(outside)[0]
-                raise StoreError(f"{key}: step {int(t)} writes slot {describe_index(int(i))}, which its mask "
-                                 f"marks unused")
 
     def discard_tail(self) -> None:
         """Cut every array back to the committed episodes (drops an episode in progress)."""

@@ -25,9 +25,6 @@ from robot_policy.data import format as fmt
 if TYPE_CHECKING:
     from robot_policy.data.store import EpisodeStore
 
-#: frames of headroom reserved per resize, so the image arrays are not resized on every block
-_RESERVE_FRAMES = 256
-
 
 class StreamingEpisodeWriter:
     """Append steps to one episode of ``store``; see the module docstring.
@@ -43,8 +40,9 @@ class StreamingEpisodeWriter:
                  state_mask: np.ndarray | None = None, action_mask: np.ndarray | None = None,
                  max_pending_blocks: int = 4) -> None:
         self.store = store
-        self._meta: dict[str, Any] = {"language": language, "seed": seed, "state_mask": state_mask,
-                                      "action_mask": action_mask}
+        # validated now, so a bad mask fails before anything is recorded
+        self._meta: dict[str, Any] = store.episode_meta_values(language=language, seed=seed, state_mask=state_mask,
+                                                               action_mask=action_mask)
         self._start = store.n_steps
         self._lowdim: dict[str, list[np.ndarray]] = {}
         self._image_block: dict[str, list[np.ndarray]] = {}
@@ -109,9 +107,12 @@ class StreamingEpisodeWriter:
         self._stop_writer()
         self._raise_if_failed()
         try:
-            for key, rows in self._lowdim.items():
-                self.store.write_rows(key, self._start, np.stack(rows))
-            index = self.store.commit_episode(self._steps, success=success, **self._meta)
+            lowdim = {key: np.stack(rows) for key, rows in self._lowdim.items()}
+            meta = {**self._meta, fmt.SUCCESS: -1 if success is None else int(bool(success))}
+            self.store.check_masked_zero(lowdim[fmt.STATE], lowdim[fmt.ACTION], meta)
+            for key, rows in lowdim.items():
+                self.store.write_rows(key, self._start, rows)
+            index = self.store.commit_episode(self._steps, meta)
         except BaseException:
             self.store.discard_tail()
             raise
@@ -150,7 +151,9 @@ class StreamingEpisodeWriter:
                 continue
 
     def _write_images(self) -> None:
-        created: set[str] = set()
+        # Arrays grow exactly with each block (one zarr.json rewrite per block) and are never reserved
+        # ahead: cutting reserved rows back at commit costs zarr time proportional to the whole array
+        # (it lists every chunk, and images have one chunk per frame).
         while True:
             item = self._queue.get()
             if item is None:
@@ -159,12 +162,7 @@ class StreamingEpisodeWriter:
                 continue  # drain after a failure; the error surfaces in the recording thread
             key, first, frames = item
             try:
-                end = first + frames.shape[0]
-                if key in created:
-                    # Grow in large steps: a resize rewrites zarr.json, ~1 ms each.
-                    self.store.reserve_rows(key, end, headroom=_RESERVE_FRAMES)
                 self.store.write_rows(key, first, frames)
-                created.add(key)
             except BaseException as e:  # noqa: BLE001  # any failure is surfaced to the recording thread
                 self._error = e
 

@@ -148,7 +148,9 @@ class DiffusionPolicy:
             x_T = torch.randn(1, self.horizon, UNIFIED_DIM, generator=self._generator, device=self.device)
         else:
             x_T = torch.as_tensor(noise, dtype=torch.float32, device=self.device).reshape(1, self.horizon, UNIFIED_DIM)
-        sample = self.model.sample(inputs, noise=x_T, sampler=self._sampler)
+        # The generator also drives the stochastic samplers' per-step noise (DDPM, DDIM with eta > 0), so a
+        # chunk depends only on the episode seed, never on torch's global RNG.
+        sample = self.model.sample(inputs, noise=x_T, sampler=self._sampler, generator=self._generator)
         actions = self.normalizer.unnormalize(fmt.ACTION, sample[0]).cpu().numpy()
         mask = self.embodiment.action.mask
         actions = actions * mask

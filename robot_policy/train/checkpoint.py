@@ -125,10 +125,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its latest checkpoint)."""
+    """A checkpoint directory, or a run directory (its latest checkpoint), with links resolved: the
+    ``latest`` link moves while a run trains, so readers pin the step directory it points to now."""
     path = Path(path)
     if (path / CONFIG).exists():
-        return path
+        return path.resolve()
     latest = latest_checkpoint(path)
     if latest is None:
         raise CheckpointError(f"{path}: neither a checkpoint (no {CONFIG}) nor a run directory with checkpoints")
