@@ -16,6 +16,7 @@ from robot_policy.data.normalizer import Normalizer, StatsError, compute_stats, 
 from robot_policy.data.sampler import SequenceSampler, gather_windows, split_episodes
 from robot_policy.data.store import EpisodeData, EpisodeStore
 from robot_policy.data.torch_dataset import WindowBatchDataset, make_dataloader
+from robot_policy.spaces import load_embodiment
 
 
 @settings(max_examples=200, deadline=None)
@@ -129,3 +130,31 @@ def test_constant_dims_normalise_to_zero_and_merge_is_exact() -> None:
     for s in ("mean", "std", "min", "max"):
         np.testing.assert_allclose(merged["object_state"][s], stats["object_state"][s], atol=1e-12)
     assert stats_from_json({"k": {"mean": [1.0]}})["k"]["mean"].dtype == np.float64
+
+
+def test_mixture_of_stores_with_different_object_states_and_cameras(tmp_path: Path) -> None:
+    from robot_policy.algorithms.inputs import make_model_inputs
+    from robot_policy.train.loop import DatasetEntry, TrainConfig, build_data
+
+    with new_store(tmp_path / "a.zarr") as store:  # object state (9-d) and a 24x32 camera
+        for i in range(3):
+            store.add_episode(make_episode(i))
+    with EpisodeStore.create(tmp_path / "b.zarr", load_embodiment("panda_bimanual_joint")) as store:  # neither
+        for i in range(3):
+            ep = make_episode(10 + i)
+            store.add_episode({k: ep[k] for k in ("state", "action", "timestamp")}, language="other task")
+    cfg = TrainConfig(out=str(tmp_path / "run"), datasets=[DatasetEntry(str(tmp_path / "a.zarr")),
+                                                           DatasetEntry(str(tmp_path / "b.zarr"))],
+                      cameras=["front"], val_fraction=0.0)
+    data = build_data(cfg, obs_horizon=2, horizon=8, image_size=(24, 32))
+    assert data.train.object_state_dim == 9 and data.train.languages == ["", "other task"]
+    stats = data.normalizer.stats["object_state"]
+    assert stats["mean"].shape == (9,)
+    batch = data.train[np.array([[0, 0], [1, 0], [1, 5], [0, 7]])]
+    assert batch["images"].shape == (4, 2, 1, 24, 32, 3)
+    assert batch["camera_present"][:, 0].tolist() == [True, False, False, True]
+    assert torch.all(batch["object_state"][1:3] == 0)
+    inputs = make_model_inputs(batch, data.normalizer, None)
+    assert inputs.object_state is not None and torch.isfinite(inputs.object_state).all()
+    with pytest.raises(ValueError, match="records 24x32 images, the policy's obs_encoder.image_size is \\[64, 64\\]"):
+        build_data(cfg, obs_horizon=2, horizon=8, image_size=(64, 64))

@@ -67,13 +67,15 @@ class MixtureDataset(Dataset[dict[str, torch.Tensor]]):
     """
 
     def __init__(self, sources: Sequence[WindowBatchDataset], control_hz: Sequence[float],
-                 cameras: Sequence[str] = (), object_state_dim: int = 0) -> None:
+                 cameras: Sequence[str] = (), object_state_dim: int = 0,
+                 image_size: tuple[int, int] = (128, 128)) -> None:
         if len(sources) != len(control_hz):
             raise ValueError("need one control frequency per source")
         self.sources = list(sources)
         self.control_hz = np.asarray(control_hz, dtype=np.float32)
         self.cameras = tuple(cameras)
         self.object_state_dim = object_state_dim
+        self.image_size = tuple(image_size)  # (H, W) of blank frames for cameras a store lacks
         vocab: dict[str, int] = {}
         self._episode_language = []
         for src in self.sources:
@@ -116,16 +118,14 @@ class MixtureDataset(Dataset[dict[str, torch.Tensor]]):
             out[fmt.OBJECT_STATE] = padded
         if self.cameras:
             present, frames = [], []
-            ref = next((batch[fmt.image_key(c)] for c in self.cameras if fmt.image_key(c) in batch), None)
+            to = batch[fmt.STATE].shape[1]
             for cam in self.cameras:
                 key = fmt.image_key(cam)
                 if key in batch:
                     frames.append(batch[key])
                     present.append(torch.ones(b, dtype=torch.bool))
-                else:
-                    if ref is None:
-                        raise ValueError(f"source {source} has none of the cameras {self.cameras}")
-                    frames.append(torch.zeros_like(ref))
+                else:  # blank; the encoder replaces frames of absent cameras with its blank image anyway
+                    frames.append(torch.zeros(b, to, *self.image_size, 3, dtype=torch.uint8))
                     present.append(torch.zeros(b, dtype=torch.bool))
             out["images"] = torch.stack(frames, dim=2)  # (b, To, V, H, W, 3) uint8
             out["camera_present"] = torch.stack(present, dim=1)  # (b, V)

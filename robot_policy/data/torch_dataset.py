@@ -32,10 +32,12 @@ class WindowBatchDataset(Dataset[dict[str, torch.Tensor]]):
         sampler: windows to draw from (a train or val split).
         obs_keys, action_keys: keys read over To and Ta steps.
         in_memory: hold the non-image keys in RAM (images are always read from disk).
+        ram: those keys already loaded (``store.load``), to share one copy between datasets of a store.
     """
 
     def __init__(self, store: EpisodeStore, sampler: SequenceSampler, obs_keys: tuple[str, ...] = (fmt.STATE,),
-                 action_keys: tuple[str, ...] = (fmt.ACTION,), in_memory: bool = True) -> None:
+                 action_keys: tuple[str, ...] = (fmt.ACTION,), in_memory: bool = True,
+                 ram: EpisodeData | None = None) -> None:
         missing = [k for k in (*obs_keys, *action_keys) if k not in store.data_keys]
         if missing:
             raise KeyError(f"{store.path}: no data key(s) {missing}; keys: {store.data_keys}")
@@ -44,7 +46,13 @@ class WindowBatchDataset(Dataset[dict[str, torch.Tensor]]):
         keys = list(dict.fromkeys((*obs_keys, *action_keys)))
         ram_keys = [k for k in keys if in_memory and not fmt.is_image_key(k)]
         disk_keys = [k for k in keys if k not in ram_keys]
-        self._ram: EpisodeData | None = store.load(ram_keys) if ram_keys else None
+        if ram is not None and ram_keys:
+            missing_ram = set(ram_keys) - set(ram.data)
+            if missing_ram:
+                raise KeyError(f"the shared in-RAM data lacks {sorted(missing_ram)}")
+            self._ram: EpisodeData | None = ram
+        else:
+            self._ram = store.load(ram_keys) if ram_keys else None
         self._disk = TensorstoreReader(store.path, disk_keys) if disk_keys else None
         meta = store.episode_meta()
         self._state_mask = meta[fmt.STATE_MASK]

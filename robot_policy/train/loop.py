@@ -30,7 +30,7 @@ from robot_policy.data import format as fmt
 from robot_policy.data.mixture import MixtureDataset, StepBatchSampler, make_step_loader
 from robot_policy.data.normalizer import Normalizer, compute_stats, merge_stats
 from robot_policy.data.sampler import SequenceSampler, split_episodes
-from robot_policy.data.store import EpisodeStore
+from robot_policy.data.store import EpisodeData, EpisodeStore
 from robot_policy.data.torch_dataset import WindowBatchDataset
 from robot_policy.models.rdt import RDTConfig, RDTPolicyModel
 from robot_policy.models.text import make_text_encoder
@@ -103,40 +103,54 @@ class TrainingData:
     stores: list[EpisodeStore]
 
 
-def build_data(cfg: TrainConfig, obs_horizon: int, horizon: int) -> TrainingData:
-    """Open the stores, split episodes, compute (merged) normalisation stats, build the mixtures."""
+def build_data(cfg: TrainConfig, obs_horizon: int, horizon: int, image_size: tuple[int, int]) -> TrainingData:
+    """Open the stores, split episodes, compute (merged) normalisation stats, build the mixtures.
+
+    Stores may differ in object-state width (zero-padded to the widest; a store without object state
+    counts as zeros, which is what the policy is fed for it) and in cameras (a camera a store lacks is a
+    blank frame). ``image_size`` (H, W) is the policy's; every camera used must record at that size.
+    """
     stores = [EpisodeStore.open(d.path) for d in cfg.datasets]
+    unknown = set(cfg.normalizer) - {fmt.STATE, fmt.ACTION, fmt.OBJECT_STATE}
+    if unknown:
+        raise ValueError(f"normalizer: unknown key(s) {sorted(unknown)}; keys: state, action, object_state")
     obj_dims = [s.array(fmt.OBJECT_STATE).shape[1] if fmt.OBJECT_STATE in s.data_keys else 0 for s in stores]
     object_dim = max(obj_dims) if cfg.use_object_state else 0
     for cam in cfg.cameras:
         if not any(cam in s.cameras for s in stores):
             raise ValueError(f"camera {cam!r} is in none of the stores (they have "
                              f"{sorted({c for s in stores for c in s.cameras})})")
-    obs_keys = (fmt.STATE,) + ((fmt.OBJECT_STATE,) if object_dim else ()) + tuple(
-        fmt.image_key(c) for c in cfg.cameras)
+        for s in stores:
+            if cam in s.cameras and (s.cameras[cam].height, s.cameras[cam].width) != tuple(image_size):
+                raise ValueError(f"{s.path}: camera {cam!r} records {s.cameras[cam].height}x{s.cameras[cam].width} "
+                                 f"images, the policy's obs_encoder.image_size is {list(image_size)}: collect with "
+                                 "task.image_height/task.image_width equal to it, or change the policy config")
     train_sets, val_sets, parts = [], [], []
     for store, obj_dim in zip(stores, obj_dims):
         if store.n_episodes == 0:
             raise ValueError(f"{store.path} has no episodes")
-        keys = tuple(k for k in obs_keys if k in store.data_keys)
+        use_obj = bool(object_dim and obj_dim)
+        keys = (fmt.STATE,) + ((fmt.OBJECT_STATE,) if use_obj else ()) + tuple(
+            fmt.image_key(c) for c in cfg.cameras if c in store.cameras)
+        # Read once: shared by both splits and the statistics.
+        ram = store.load([fmt.STATE, fmt.ACTION] + ([fmt.OBJECT_STATE] if use_obj else []))
         tr, va = split_episodes(store.n_episodes, cfg.val_fraction, cfg.seed)
         train_sets.append(WindowBatchDataset(store, SequenceSampler(store.episode_ends, obs_horizon, horizon, tr),
-                                             obs_keys=keys))
+                                             obs_keys=keys, ram=ram))
         if va.size:
             val_sets.append(WindowBatchDataset(store, SequenceSampler(store.episode_ends, obs_horizon, horizon, va),
-                                               obs_keys=keys))
-        stat_keys = [fmt.STATE, fmt.ACTION] + ([fmt.OBJECT_STATE] if object_dim and obj_dim else [])
-        data = store.load(stat_keys)
-        if object_dim and obj_dim and obj_dim < object_dim:  # stats over the zero-padded width
-            data.data[fmt.OBJECT_STATE] = np.pad(data.data[fmt.OBJECT_STATE], ((0, 0), (0, object_dim - obj_dim)))
-        parts.append((compute_stats(data, stat_keys), store.n_steps))
+                                               obs_keys=keys, ram=ram))
+        stat_data = EpisodeData(ram.episode_ends, {fmt.STATE: ram.data[fmt.STATE], fmt.ACTION: ram.data[fmt.ACTION]},
+                                ram.meta)
+        if object_dim:  # stats over what the policy is fed: zero-padded to the widest, zeros when absent
+            obj = ram.data[fmt.OBJECT_STATE] if use_obj else np.zeros((store.n_steps, 0), np.float32)
+            stat_data.data[fmt.OBJECT_STATE] = np.pad(obj, ((0, 0), (0, object_dim - obj.shape[1])))
+        parts.append((compute_stats(stat_data, list(stat_data.data)), store.n_steps))
     stats = merge_stats(parts)
-    modes = {k: v for k, v in cfg.normalizer.items() if k in stats}
-    normalizer = Normalizer(stats, modes)
+    normalizer = Normalizer(stats, {k: v for k, v in cfg.normalizer.items() if k in stats})
     hz = [s.control_hz for s in stores]
-    train = MixtureDataset(train_sets, hz, cfg.cameras, object_dim)
-    val = MixtureDataset(val_sets, [s.control_hz for s, _ in zip(stores, val_sets)], cfg.cameras, object_dim) \
-        if val_sets and len(val_sets) == len(stores) else None
+    train = MixtureDataset(train_sets, hz, cfg.cameras, object_dim, image_size)
+    val = MixtureDataset(val_sets, hz, cfg.cameras, object_dim, image_size) if len(val_sets) == len(stores) else None
     return TrainingData(train, val, normalizer, stores)
 
 
@@ -243,7 +257,8 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     if not cfg.resume and ckpt.latest_checkpoint(run_dir) is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass resume=true to continue it, "
                               "or choose another out=")
-    data = build_data(cfg, policy.obs_encoder.n_obs_steps, policy.horizon)
+    height, width = policy.obs_encoder.image_size
+    data = build_data(cfg, policy.obs_encoder.n_obs_steps, policy.horizon, (height, width))
     policy = complete_policy_config(policy, cfg, data)
     torch.manual_seed(cfg.seed)  # the initial weights
     model = RDTPolicyModel(policy).to(device)
