@@ -167,7 +167,9 @@ class EpisodeStore(EpisodeIndex):
         if path.exists():
             if not overwrite:
                 raise StoreError(f"{path} already exists (pass overwrite=True to replace it, or open it to append)")
+            old_lock = _take_writer_lock(path) if path.is_dir() else None  # never delete under a live writer
             shutil.rmtree(path)
+            _release_lock(old_lock)
         path.mkdir(parents=True)
         lock_fd = _take_writer_lock(path)
         root = zarr.open_group(str(path), mode="a", zarr_format=3)  # "w" would delete the lock file
@@ -488,6 +490,8 @@ class EpisodeStore(EpisodeIndex):
                 arr.resize((e, *arr.shape[1:]))
 
     def _repair(self) -> None:
+        if "data" not in self._root:  # a crash inside discard_tail's re-creation of an empty store's data
+            self._root.create_group("data")
         ends = self._meta_array(fmt.EPISODE_ENDS)
         if ends.shape[0] != self.n_episodes:
             # An interrupted commit: its chunk was never written, so the region beyond the new shape still

@@ -188,6 +188,7 @@ def evaluate(task: TaskConfig, policy: PolicySource, cfg: EvalConfig, *,
                 try:
                     results.append(fut.result())
                 except Exception as e:
+                    pool.shutdown(wait=False, cancel_futures=True)  # do not run the rest first
                     raise RuntimeError(f"evaluation of seed {futures[fut]} failed: {e}") from e
                 _progress(bar, results)
     bar.close()

@@ -15,6 +15,7 @@ from robot_policy.envs.base import TaskConfig
 from robot_policy.envs.expert import make_expert
 from robot_policy.envs.registry import make_env
 from robot_policy.eval.stats import wilson_interval
+from robot_policy.spaces.embodiment import EmbodimentSpec
 from robot_policy.teleop.recorder import record_episode
 
 SOURCES = ("scripted",)
@@ -53,47 +54,61 @@ class CollectConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.noise is not None and self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1 (or null), got {self.max_attempts}")
+
+
+def _open_store(task: TaskConfig, cfg: CollectConfig, embodiment: EmbodimentSpec, noise: float) -> EpisodeStore:
+    """The store to record into: appended to (same embodiment and task), or created."""
+    out = Path(cfg.out)
+    if out.exists() and cfg.append:
+        store = EpisodeStore.open(out, mode="a")
+        recorded_task = (store.attrs.get("task") or {}).get("name")
+        problem = None
+        if store.embodiment.name != embodiment.name:
+            problem = f"holds embodiment {store.embodiment.name}, task {task.name} uses {embodiment.name}"
+        elif recorded_task not in (None, task.name):
+            problem = f"holds task {recorded_task}; record {task.name} into its own store"
+        if problem is not None:
+            store.close()
+            raise ValueError(f"{out} {problem}")
+        return store
+    cameras = {cam: CameraInfo(task.image_height, task.image_width) for cam in task.cameras}
+    return EpisodeStore.create(out, embodiment, cameras=cameras, overwrite=cfg.overwrite,
+                               provenance={"source": cfg.source, "noise": noise}, task=dataclasses.asdict(task))
 
 
 def collect(task: TaskConfig, cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     """Record ``cfg.episodes`` episodes of ``task`` into ``cfg.out``; returns a summary (expert success rate)."""
     env = make_env(task)
-    expert = make_expert(env, noise=cfg.noise)
-    out = Path(cfg.out)
-    if out.exists() and cfg.append:
-        store = EpisodeStore.open(out, mode="a")
-        if store.embodiment.name != env.embodiment.name:
-            raise ValueError(f"{out} holds embodiment {store.embodiment.name}, task {task.name} uses "
-                             f"{env.embodiment.name}")
-    else:
-        cameras = {cam: CameraInfo(task.image_height, task.image_width) for cam in task.cameras}
-        store = EpisodeStore.create(out, env.embodiment, cameras=cameras, overwrite=cfg.overwrite,
-                                    provenance={"source": cfg.source, "noise": expert.noise},
-                                    task=dataclasses.asdict(task))
-    max_attempts = cfg.max_attempts or 2 * cfg.episodes
-    attempts, successes, written, steps = 0, 0, 0, 0
-    start = time.perf_counter()
-    with store, tqdm(total=cfg.episodes, desc=f"collect {task.name}", unit="ep", disable=not progress) as bar:
-        while written < cfg.episodes and attempts < max_attempts:
-            seed = cfg.seed + attempts
-            expert.seed(seed)
-            ep = record_episode(env, expert.act, store, seed, on_reset=expert.reset,
-                                keep_failures=cfg.keep_failures, record_sim_state=cfg.record_sim_state)
-            attempts += 1
-            successes += ep.success
-            steps += ep.length
-            if ep.index is not None:
-                written += 1
-                bar.update(1)
-            bar.set_postfix(expert_success=f"{successes}/{attempts}")
-        n_episodes = store.n_episodes
-    env.close()
+    try:
+        expert = make_expert(env, noise=cfg.noise)
+        store = _open_store(task, cfg, env.embodiment, expert.noise)
+        max_attempts = cfg.max_attempts or 2 * cfg.episodes
+        attempts, successes, written, steps = 0, 0, 0, 0
+        start = time.perf_counter()
+        with store, tqdm(total=cfg.episodes, desc=f"collect {task.name}", unit="ep", disable=not progress) as bar:
+            while written < cfg.episodes and attempts < max_attempts:
+                seed = cfg.seed + attempts
+                expert.seed(seed)
+                ep = record_episode(env, expert.act, store, seed, on_reset=expert.reset,
+                                    keep_failures=cfg.keep_failures, record_sim_state=cfg.record_sim_state)
+                attempts += 1
+                successes += ep.success
+                steps += ep.length
+                if ep.index is not None:
+                    written += 1
+                    bar.update(1)
+                bar.set_postfix(expert_success=f"{successes}/{attempts}")
+            n_episodes = store.n_episodes
+    finally:
+        env.close()
     elapsed = time.perf_counter() - start
     low, high = wilson_interval(successes, attempts)
     if written < cfg.episodes:
         raise RuntimeError(f"only {written} of {cfg.episodes} episodes succeeded in {attempts} attempts "
                            f"(expert success {successes}/{attempts}); raise max_attempts or lower noise")
-    return {"task": task.name, "out": str(out), "episodes_written": written, "store_episodes": n_episodes,
+    return {"task": task.name, "out": cfg.out, "episodes_written": written, "store_episodes": n_episodes,
             "attempts": attempts, "expert_successes": successes, "expert_success_rate": successes / attempts,
             "ci95_low": low, "ci95_high": high, "steps": steps, "elapsed_s": elapsed,
             "first_seed": cfg.seed, "last_seed": cfg.seed + attempts - 1}

@@ -163,7 +163,6 @@ def complete_policy_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingDa
 
 def checkpoint_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -> dict[str, Any]:
     """What inference needs to rebuild the policy, as plain JSON."""
-    stats_state = data.normalizer.stats[fmt.STATE]
     return {
         "format": "robot_policy.checkpoint/1",
         "policy": dataclasses.asdict(policy),
@@ -174,10 +173,30 @@ def checkpoint_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -
         "task_configs": [s.attrs.get("task") for s in data.stores],
         "datasets": [d.path for d in cfg.datasets],
         "dataset_episodes": [s.n_episodes for s in data.stores],
-        "state_fill": np.asarray(stats_state["mean"]).tolist(),
         "execute_horizon": cfg.execute_horizon or policy.horizon,
         "train": dataclasses.asdict(cfg),
     }
+
+
+#: TrainConfig fields a resumed run may change: they do not alter which batches or updates come next
+_RESUME_MAY_CHANGE = {"resume", "progress", "num_workers", "device", "torch_threads", "out", "keep_checkpoints",
+                      "log_every", "val_every", "val_batches", "ckpt_every"}
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume when the data or any setting that shapes training differs from the checkpoint's:
+    the continued run would then not be the run that was interrupted."""
+    problems = []
+    for key in ("datasets", "dataset_episodes", "policy"):
+        if saved.get(key) != current.get(key):
+            problems.append(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}")
+    old, new = saved.get("train", {}), current["train"]
+    for key in sorted(set(old) | set(new)):
+        if key not in _RESUME_MAY_CHANGE and old.get(key) != new.get(key):
+            problems.append(f"train.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+    if problems:
+        raise ValueError("cannot resume: the run differs from its checkpoint (start a new out= instead):\n  "
+                         + "\n  ".join(problems))
 
 
 def _state_fill(normalizer: Normalizer) -> torch.Tensor:
@@ -253,8 +272,9 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     device = _device(cfg.device, ctx)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    latest = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
-    if not cfg.resume and ckpt.latest_checkpoint(run_dir) is not None:
+    existing = ckpt.latest_checkpoint(run_dir)
+    latest = existing if cfg.resume else None
+    if not cfg.resume and existing is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass resume=true to continue it, "
                               "or choose another out=")
     height, width = policy.obs_encoder.image_size
@@ -266,8 +286,11 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
+    config_json = checkpoint_config(policy, cfg, data)
+    config_json["command"] = command
     start_step = 0
     if latest is not None:
+        check_resumable(ckpt.load_config(latest), json.loads(json.dumps(config_json, default=str)))
         start_step = _restore(latest, model, ema, optimizer, scheduler)
     language = LanguageTable(make_text_encoder(policy.text_encoder, policy.lang_dim, policy.max_lang_tokens),
                              data.train.languages).to(device)
@@ -279,8 +302,6 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
                                cfg.steps, start_step, ctx.rank, ctx.world_size)
     loader = make_step_loader(data.train, sampler, cfg.num_workers)
     state_fill = _state_fill(data.normalizer).to(device)
-    config_json = checkpoint_config(policy, cfg, data)
-    config_json["command"] = command
     logger = _Logger(run_dir, start_step, ctx.is_main)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
