@@ -122,7 +122,10 @@ def test_policy_from_checkpoint_predicts_masked_reproducible_chunks(reference_ru
     assert chunk.unified.shape == (8, 128)  # rdt_tiny: Ta = 8
     assert np.isfinite(chunk.unified).all()
     assert np.all(chunk.unified[:, mask == 0] == 0) and np.any(chunk.unified[:, mask == 1] != 0)
-    assert chunk.execute_horizon == 8  # configs/train.yaml execute_horizon, capped by nothing here
+    assert chunk.execute_horizon == 8  # configs/train.yaml: the whole chunk
+    assert {k: v.shape for k, v in chunk.native.items()} == {
+        f.name: (8, f.dim) for f in policy.embodiment.action.fields}  # native fields, converted on demand
+    np.testing.assert_allclose(chunk.timestamps, np.arange(8) / 20.0)
     # the same seed and observation give the same chunk, in this policy and in a freshly loaded one
     policy.reset(seed=7)
     np.testing.assert_array_equal(policy.predict_chunk(env_obs).unified, chunk.unified)

@@ -21,6 +21,7 @@ import fcntl
 import os
 import platform
 import shutil
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,8 @@ class EpisodeStore(EpisodeIndex):
         self.writable = writable
         self._lock_fd = lock_fd
         self._arrays: dict[str, zarr.Array] = {}
+        # The streaming writer's image thread and the recording thread both look up and create arrays.
+        self._cache_lock = threading.RLock()
         # Listing a zarr group costs ~1 ms; the key set only changes when this process creates an array.
         self._data_keys = set(_array_keys(root["data"])) if "data" in root else set()
         attrs: dict[str, Any] = dict(root.attrs)
@@ -243,15 +246,16 @@ class EpisodeStore(EpisodeIndex):
         """The lazy zarr array ``data/<key>``. Its length may exceed ``n_steps`` by an uncommitted tail."""
         # One cached handle per key: zarr re-reads zarr.json on every lookup, and a resize through one
         # handle is not seen by another.
-        arr = self._arrays.get(key)
-        if arr is None:
-            try:
-                found = self._root[f"data/{key}"]
-            except KeyError:
-                raise KeyError(f"{self.path}: no data key {key!r}; keys: {self.data_keys}") from None
-            assert isinstance(found, zarr.Array)
-            arr = self._arrays[key] = found
-        return arr
+        with self._cache_lock:
+            arr = self._arrays.get(key)
+            if arr is None:
+                try:
+                    found = self._root[f"data/{key}"]
+                except KeyError:
+                    raise KeyError(f"{self.path}: no data key {key!r}; keys: {self.data_keys}") from None
+                assert isinstance(found, zarr.Array)
+                arr = self._arrays[key] = found
+            return arr
 
     def get_episode(self, index: int, keys: list[str] | None = None) -> dict[str, Any]:
         """One episode's data arrays (read into numpy) and its meta values."""
@@ -398,18 +402,20 @@ class EpisodeStore(EpisodeIndex):
         """
         self._check_writable()
         values = np.asarray(values)
-        if key not in self._data_keys:
-            data = self._root["data"]
-            assert isinstance(data, zarr.Group)
-            if self.n_episodes:
-                raise StoreError(f"data key {key!r} is not in this store; keys: {self.data_keys}")
-            dtype, _ = fmt.FIXED_DATA.get(key, (values.dtype, ()))
-            if fmt.is_image_key(key):
-                chunks, codec = (1, *values.shape[1:]), fmt.image_codec()
-            else:
-                chunks, codec = (fmt.LOWDIM_CHUNK_ROWS, *values.shape[1:]), fmt.lowdim_codec()
-            data.create_array(key, shape=(0, *values.shape[1:]), chunks=chunks, dtype=dtype, compressors=codec)
-            self._data_keys.add(key)
+        with self._cache_lock:
+            if key not in self._data_keys:
+                data = self._root["data"]
+                assert isinstance(data, zarr.Group)
+                if self.n_episodes:
+                    raise StoreError(f"data key {key!r} is not in this store; keys: {self.data_keys}")
+                dtype, _ = fmt.FIXED_DATA.get(key, (values.dtype, ()))
+                if fmt.is_image_key(key):
+                    chunks, codec = (1, *values.shape[1:]), fmt.image_codec()
+                else:
+                    chunks, codec = (fmt.LOWDIM_CHUNK_ROWS, *values.shape[1:]), fmt.lowdim_codec()
+                data.create_array(key, shape=(0, *values.shape[1:]), chunks=chunks, dtype=dtype,
+                                  compressors=codec)
+                self._data_keys.add(key)
         arr = self.array(key)
         end = first_row + values.shape[0]
         if arr.shape[0] < end:

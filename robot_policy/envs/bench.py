@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from robot_policy.envs.registry import load_task_config, make_env
+from robot_policy.envs.registry import env_class, load_task_config, make_env
 
 
 @dataclass
@@ -68,9 +68,7 @@ def collect_seconds(task: str, episodes: int, out: Path) -> dict[str, float]:
 def run_sim_bench(cfg: SimBenchConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for task in cfg.tasks:
-        env = make_env(task)
-        camera = cfg.camera or env.available_cameras[0]
-        env.close()
+        camera = cfg.camera or env_class(load_task_config(task).env).available_cameras[0]
         results[task] = {
             "state_steps_per_s": steps_per_second(task, [], cfg.image_size, cfg.seconds),
             "camera": camera,

@@ -78,6 +78,8 @@ class EpisodeResult:
     #: mean wall time of one predict_chunk call (ms) and number of calls
     inference_ms: float
     inferences: int
+    #: actions executed per chunk (the config's, or the policy's own)
+    execute_horizon: int = 0
     video: str | None = None
 
 
@@ -106,7 +108,7 @@ class _Worker:
         obs, _ = env.reset(seed=seed)
         reset_policy(self.policy, seed)
         frames = [self._frame()] if video_dir is not None else []
-        steps, ret, success, done = 0, 0.0, False, False
+        steps, ret, success, done, horizon = 0, 0.0, False, False, 0
         infer_s, infers = 0.0, 0
         while not done:
             t0 = time.perf_counter()
@@ -129,7 +131,8 @@ class _Worker:
         if video_dir is not None:
             video = str(write_mp4(video_dir / f"episode_{seed}.mp4", frames, fps=env.task.control_hz))
         return EpisodeResult(seed=seed, success=success, length=steps, episode_return=ret,
-                             inference_ms=1e3 * infer_s / max(infers, 1), inferences=infers, video=video)
+                             inference_ms=1e3 * infer_s / max(infers, 1), inferences=infers,
+                             execute_horizon=horizon, video=video)
 
     def _frame(self) -> np.ndarray:
         assert self.camera is not None
@@ -229,7 +232,8 @@ def summarize(task: TaskConfig, results: list[EpisodeResult], cfg: EvalConfig, p
         "mean_successful_episode_length": (float(np.mean([r.length for r in results if r.success]))
                                            if successes else None),
         "mean_inference_ms": float(np.mean([r.inference_ms for r in results])),
-        "execute_horizon": cfg.execute_horizon,
+        "execute_horizon": cfg.execute_horizon,  # null: the policy's own, as executed below
+        "executed_horizons": sorted({r.execute_horizon for r in results}),
         "workers": workers,
         "elapsed_s": elapsed_s,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

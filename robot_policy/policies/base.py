@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from robot_policy.spaces.embodiment import EmbodimentSpec
 from robot_policy.spaces.unified import UNIFIED_DIM
 
 
@@ -24,14 +26,21 @@ class ActionChunk:
         mask: (128,) float32, 1 for the action slots the embodiment uses.
         timestamps: (Ta,) seconds after the observation: ``i / control_hz``.
         execute_horizon: actions to execute before the next inference (1 <= h <= Ta).
-        native: optional native action fields ``{name: (Ta, dim)}`` of the embodiment.
+        embodiment: the robot the chunk is for; gives :attr:`native`.
     """
 
     unified: np.ndarray
     mask: np.ndarray
     timestamps: np.ndarray
     execute_horizon: int
-    native: dict[str, np.ndarray] | None = None
+    embodiment: EmbodimentSpec | None = None
+
+    @functools.cached_property
+    def native(self) -> dict[str, np.ndarray]:
+        """The embodiment's native action fields ``{name: (Ta, dim)}``, converted on first access."""
+        if self.embodiment is None:
+            raise ValueError("this ActionChunk has no embodiment, so no native actions")
+        return self.embodiment.action.from_unified(self.unified)
 
     def __post_init__(self) -> None:
         if self.unified.ndim != 2 or self.unified.shape[1] != UNIFIED_DIM:
@@ -48,12 +57,12 @@ class ActionChunk:
 
     @classmethod
     def from_unified(cls, unified: np.ndarray, mask: np.ndarray, control_hz: float,
-                     execute_horizon: int | None = None) -> ActionChunk:
+                     execute_horizon: int | None = None, embodiment: EmbodimentSpec | None = None) -> ActionChunk:
         unified = np.asarray(unified, dtype=np.float32).reshape(-1, UNIFIED_DIM)
         horizon = unified.shape[0]
         return cls(unified=unified, mask=np.asarray(mask, np.float32),
                    timestamps=np.arange(horizon, dtype=np.float64) / control_hz,
-                   execute_horizon=horizon if execute_horizon is None else execute_horizon)
+                   execute_horizon=horizon if execute_horizon is None else execute_horizon, embodiment=embodiment)
 
 
 @runtime_checkable

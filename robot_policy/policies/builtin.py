@@ -30,7 +30,8 @@ class ScriptedPolicy:
             self.expert.reset(obs)
             self._started = True
         action = self.expert.act(obs)
-        return ActionChunk.from_unified(action[None], self.env.action_mask, self.env.task.control_hz)
+        return ActionChunk.from_unified(action[None], self.env.action_mask, self.env.task.control_hz,
+                                        embodiment=self.env.embodiment)
 
 
 class RandomPolicy:
@@ -59,4 +60,4 @@ class RandomPolicy:
             if mask[g] > 0:
                 actions[:, g] = self.rng.uniform(0.0, 1.0, self.horizon)
         actions = np.clip(actions, self.lower, self.upper) * mask
-        return ActionChunk.from_unified(actions, mask, self.env.task.control_hz)
+        return ActionChunk.from_unified(actions, mask, self.env.task.control_hz, embodiment=self.env.embodiment)

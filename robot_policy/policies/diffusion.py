@@ -108,8 +108,12 @@ class DiffusionPolicy:
             if OBS_OBJECT not in obs:
                 raise KeyError(f"the policy was trained with object_state ({self.object_state_dim}-d); "
                                f"the observation has only {sorted(obs)}")
+            width = obs[OBS_OBJECT].shape[-1]
+            if width > self.object_state_dim:
+                raise ValueError(f"object_state has {width} values; the policy was trained on at most "
+                                 f"{self.object_state_dim} (is this the task it was trained for?)")
             o = np.zeros(self.object_state_dim, np.float32)
-            o[: obs[OBS_OBJECT].shape[-1]] = obs[OBS_OBJECT]
+            o[:width] = obs[OBS_OBJECT]
             frame[OBS_OBJECT] = o
         for cam in self.cameras:
             key = IMAGE_PREFIX + cam
@@ -154,6 +158,5 @@ class DiffusionPolicy:
         actions = self.normalizer.unnormalize(fmt.ACTION, sample[0]).cpu().numpy()
         mask = self.embodiment.action.mask
         actions = actions * mask
-        chunk = ActionChunk.from_unified(actions, mask, self.embodiment.control_hz, self.execute_horizon)
-        chunk.native = self.embodiment.action.from_unified(actions)
-        return chunk
+        return ActionChunk.from_unified(actions, mask, self.embodiment.control_hz, self.execute_horizon,
+                                        embodiment=self.embodiment)

@@ -156,6 +156,9 @@ def build_data(cfg: TrainConfig, obs_horizon: int, horizon: int, image_size: tup
 
 def complete_policy_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -> RDTConfig:
     """Fill the observation encoder from the data: which cameras, which object-state width."""
+    if cfg.execute_horizon is not None and not 1 <= cfg.execute_horizon <= policy.horizon:
+        raise ValueError(f"execute_horizon must be in [1, {policy.horizon}] (the policy's horizon), "
+                         f"got {cfg.execute_horizon}")
     obs = dataclasses.replace(policy.obs_encoder, cameras=list(cfg.cameras),
                               object_state_dim=data.train.object_state_dim)
     return dataclasses.replace(policy, obs_encoder=obs)
