@@ -18,7 +18,6 @@ from robot_policy.models.rdt import (
     RDTConfig,
     RDTPolicyModel,
     available_policy_configs,
-    drop_conditions,
     load_policy_config,
     policy_config_from_dict,
 )
@@ -281,20 +280,29 @@ def test_t5_needs_a_local_path_and_transformers(tmp_path: Path) -> None:
 
 
 # ---- condition dropout, loss, sampling ------------------------------------------------------------------
+def _dropout(inp, p: ConditionDropoutConfig, fill=None):
+    """Condition dropout as the training step applies it (decisions drawn for the whole batch)."""
+    from robot_policy.algorithms.bc import StepRandomness, apply_condition_dropout
+
+    B, V = inp.state.shape[0], (inp.images.shape[2] if inp.images is not None else 1)
+    r = StepRandomness.draw(0, 0, B, 1, V, 1000, p)
+    return apply_condition_dropout(inp, r, torch.zeros(Da) if fill is None else fill)
+
+
 def test_condition_dropout() -> None:
     cfg = tiny(("front", "wrist"), object_state_dim=3)
     inp = inputs(cfg, B=4)
-    none = drop_conditions(inp, ConditionDropoutConfig(0, 0, 0, 0, 0))
+    none = _dropout(inp, ConditionDropoutConfig(0, 0, 0, 0, 0))
     assert torch.equal(none.state, inp.state) and none.camera_present is not None and none.camera_present.all()
     assert none.lang_mask is not None and torch.equal(none.lang_mask, inp.lang_mask)
     fill = torch.full((Da,), 0.5)
-    every = drop_conditions(inp, ConditionDropoutConfig(1, 1, 1, 1, 1), state_fill=fill)
+    every = _dropout(inp, ConditionDropoutConfig(1, 1, 1, 1, 1), fill)
     assert (every.ctrl_freq == 0).all() and (every.state_mask == 0).all() and (every.state == 0.5).all()
     assert every.lang_mask is not None and not every.lang_mask.any()
     assert every.camera_present is not None and not every.camera_present.any()
     assert every.object_state is not None and (every.object_state == 0).all()
     big = inputs(cfg, B=2000)
-    dropped = drop_conditions(big, ConditionDropoutConfig(), torch.Generator().manual_seed(0)).camera_present
+    dropped = _dropout(big, ConditionDropoutConfig()).camera_present
     assert dropped is not None
     rate = 1 - dropped.float().mean()
     assert 0.08 < rate < 0.12

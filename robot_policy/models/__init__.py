@@ -17,7 +17,6 @@ from robot_policy.models.rdt import (
     ModelInputs,
     RDTConfig,
     RDTPolicyModel,
-    drop_conditions,
     load_policy_config,
     policy_config_from_dict,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "TextEncoderConfig",
     "blank_image",
     "count_parameters",
-    "drop_conditions",
     "load_policy_config",
     "make_text_encoder",
     "parameter_breakdown",

@@ -49,7 +49,8 @@ Da = UNIFIED_DIM
 @dataclass
 class ConditionDropoutConfig:
     """Per-sample probability of dropping each condition in training (RDT: 10% each), so the policy copes
-    when one is missing at deployment. Applied by ``drop_conditions``, never implicitly in forward."""
+    when one is missing at deployment. Applied by the training step
+    (``robot_policy.algorithms.bc.apply_condition_dropout``), never implicitly in forward."""
 
     lang: float = 0.1  # language -> all tokens masked (cross-attention contributes nothing)
     camera: float = 0.1  # each camera independently -> blank image
@@ -230,38 +231,6 @@ class Conditions:
 def _draw_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
     # Random draws happen where the generator lives (a CPU generator cannot fill a CUDA tensor).
     return generator.device if generator is not None else fallback
-
-
-def drop_conditions(inputs: ModelInputs, cfg: ConditionDropoutConfig, generator: torch.Generator | None = None,
-                    state_fill: Tensor | None = None) -> ModelInputs:
-    """RDT's condition dropout: each condition of each sample is replaced by its "missing" value with its
-    probability. ``state_fill`` (Da,) is what a dropped state becomes (default 0: the mean of a z-scored
-    state). Returns new inputs; the originals are not modified."""
-    B = inputs.state.shape[0]
-    dev = inputs.state.device
-
-    def keep(p: float, *shape: int) -> Tensor:
-        return torch.rand(*shape, generator=generator, device=_draw_device(generator, dev)).to(dev) >= p
-
-    out = dataclasses.replace(inputs)
-    k = keep(cfg.ctrl_freq, B)
-    out.ctrl_freq = inputs.ctrl_freq * k.to(inputs.ctrl_freq.dtype)
-    k = keep(cfg.state, B)[:, None]  # (B, 1)
-    fill = torch.zeros_like(inputs.state) if state_fill is None else state_fill.to(inputs.state).expand_as(inputs.state)
-    out.state = torch.where(k, inputs.state, fill)
-    out.state_mask = inputs.state_mask * k.to(inputs.state_mask.dtype)
-    if inputs.lang_tokens is not None:
-        lang_mask = inputs.lang_mask if inputs.lang_mask is not None else torch.ones(
-            inputs.lang_tokens.shape[:2], dtype=torch.bool, device=dev)
-        out.lang_mask = lang_mask & keep(cfg.lang, B)[:, None]
-    if inputs.images is not None:
-        V = inputs.images.shape[2]
-        present = inputs.camera_present if inputs.camera_present is not None else torch.ones(
-            B, V, dtype=torch.bool, device=dev)
-        out.camera_present = present & keep(cfg.camera, B, V)
-    if inputs.object_state is not None:
-        out.object_state = inputs.object_state * keep(cfg.object_state, B)[:, None, None].to(inputs.object_state.dtype)
-    return out
 
 
 class RDTPolicyModel(nn.Module):
