@@ -47,7 +47,7 @@ def _info(args: argparse.Namespace) -> int:
     except StoreError as e:
         return fail(str(e))
     console = Console()
-    lengths = np.diff(store.episode_ends, prepend=0)
+    lengths = store.episode_lengths
     meta = store.episode_meta()
     table = Table(title=str(args.path), show_header=False)
     table.add_row("episodes", str(store.n_episodes))

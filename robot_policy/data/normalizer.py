@@ -44,7 +44,6 @@ def compute_stats(data: EpisodeData, keys: list[str], max_rows: int = 1_000_000,
     n = data.n_steps
     if n == 0:
         raise StatsError("cannot compute normalisation stats of an empty store")
-    episode_of_row = np.repeat(np.arange(data.n_episodes), data.episode_lengths)
     for key in keys:
         if key not in data.data:
             raise StatsError(f"no data key {key!r} to compute stats of; keys: {sorted(data.data)}")
@@ -53,7 +52,7 @@ def compute_stats(data: EpisodeData, keys: list[str], max_rows: int = 1_000_000,
         sample = x if n <= max_rows else x[np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))]
         mask_key = {fmt.STATE: fmt.STATE_MASK, fmt.ACTION: fmt.ACTION_MASK}.get(key)
         if mask_key is not None and mask_key in data.meta:
-            used = np.asarray(data.meta[mask_key])[np.unique(episode_of_row)].max(axis=0)
+            used = np.asarray(data.meta[mask_key])[: data.n_episodes].max(axis=0)
         else:
             used = np.ones(x.shape[1:], dtype=np.float64)
         q01, q99 = np.quantile(sample, [0.01, 0.99], axis=0)

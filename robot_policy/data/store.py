@@ -270,11 +270,6 @@ class EpisodeStore(EpisodeIndex):
         """Per-episode meta arrays, trimmed to the committed episodes: key -> (E, ...)."""
         return {key: np.asarray(self._meta_array(key)[: self.n_episodes]) for key in fmt.EPISODE_META}
 
-    def as_episode_data(self, keys: list[str] | None = None) -> EpisodeData:
-        """Lazy view (zarr arrays) of the committed episodes."""
-        keys = self.data_keys if keys is None else keys
-        return EpisodeData(self._episode_ends.copy(), {k: self.array(k) for k in keys}, self.episode_meta())
-
     def load(self, keys: list[str] | None = None) -> EpisodeData:
         """Read ``keys`` (default: every non-image key) of the committed episodes into RAM."""
         if keys is None:

@@ -7,7 +7,6 @@ instead of B Python calls. Worker processes each gather their own batches.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,8 +98,3 @@ def make_dataloader(dataset: WindowBatchDataset, batch_size: int, *, shuffle: bo
     return DataLoader(dataset, sampler=BatchSampler(base, batch_size, drop_last=drop_last), batch_size=None,
                       num_workers=num_workers, persistent_workers=num_workers > 0, multiprocessing_context=context)
 
-
-def open_dataset(path: str | Path, obs_horizon: int, action_horizon: int, **kwargs: Any) -> WindowBatchDataset:
-    """Convenience: every episode of the store at ``path`` as one dataset."""
-    store = EpisodeStore.open(path)
-    return WindowBatchDataset(store, SequenceSampler(store.episode_ends, obs_horizon, action_horizon), **kwargs)

@@ -12,8 +12,9 @@ collection setting that ``make_expert(env, noise=None)`` picks):
     +-2 noise, and to at most 1 cm towards the end of the hammer's handle), so demonstrations grasp at
     slightly different places;
   * per step: the *sent* pose is jittered around the plan by N(0, noise) m per axis and by a rotation
-    vector of N(0, 2 noise) rad per axis; the jitter is not fed back into the plan (DART-style), so the
-    demonstrations show corrections back to the plan.
+    vector of N(0, 2 noise) rad per axis; the jitter is not fed back into the plan, so the demonstrations
+    show corrections back to it. The jittered command is what gets executed and recorded (unlike DART,
+    which records the clean command as the label).
 """
 
 from __future__ import annotations
