@@ -65,6 +65,18 @@ def test_replaying_recorded_actions_from_the_seed_reproduces_success(collected: 
         np.testing.assert_allclose(obs["state"], episode["state"][mid], atol=1e-6)
 
 
+def test_collect_records_camera_calibration(tmp_path: Path) -> None:
+    out = tmp_path / "cams.zarr"
+    assert cli_main(["collect", f"task={TASK}", "episodes=1", f"out={out}", "task.cameras=[front]",
+                     "task.image_height=32", "task.image_width=48", "record_sim_state=false"]) == 0
+    cam = EpisodeStore.open(out).cameras["front"]
+    assert (cam.height, cam.width) == (32, 48)
+    K = np.array(cam.intrinsics)
+    assert K[0, 2] == 24 and K[1, 2] == 16 and K[0, 0] > 0  # principal point at the image centre
+    pose = np.array(cam.extrinsics)
+    np.testing.assert_allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3), atol=1e-9)  # a rotation
+
+
 def test_collect_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["collect", f"task={TASK}", "episodes=1"]) == 2
     assert "out: give the store path" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import os
 import platform
 import shutil
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -55,8 +55,9 @@ class CameraInfo:
 
     height: int
     width: int
-    intrinsics: tuple[tuple[float, ...], ...] | None = None
-    extrinsics: tuple[tuple[float, ...], ...] | None = None
+    # array-likes are accepted and stored as nested tuples (hashable, JSON-ready)
+    intrinsics: Sequence[Sequence[float]] | np.ndarray | None = None
+    extrinsics: Sequence[Sequence[float]] | np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:

@@ -119,6 +119,8 @@ class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
     object_state_dim: int = 0
     #: cameras ``render`` accepts
     available_cameras: tuple[str, ...] = ()
+    #: those of them mounted on a robot (their pose changes with the arm)
+    moving_cameras: tuple[str, ...] = ()
 
     def __init__(self, task: TaskConfig) -> None:
         super().__init__()
@@ -187,6 +189,11 @@ class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
     def render(self, camera: str | None = None, height: int | None = None,  # type: ignore[override]
                width: int | None = None) -> np.ndarray:
         """(H, W, 3) uint8 image from ``camera`` (default: the first available camera)."""
+
+    @abc.abstractmethod
+    def camera_params(self, camera: str, height: int, width: int) -> dict[str, np.ndarray]:
+        """Pinhole intrinsics ``K`` (3, 3, pixels) and pose ``world_T_camera`` (4, 4, m; OpenCV axes: x
+        right, y down, z forward) of ``camera`` rendering at ``height`` x ``width``, now."""
 
     # ---- gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Obs, dict]:

@@ -184,6 +184,7 @@ class RobosuiteTwoArmEnv(ManipulationEnv):
     object_state_dim = 21
     available_cameras = ("frontview", "agentview", "birdview", "sideview",
                          "robot0_eye_in_hand", "robot1_eye_in_hand")
+    moving_cameras = ("robot0_eye_in_hand", "robot1_eye_in_hand")
 
     def __init__(self, task: TaskConfig) -> None:
         where = f"task {task.name}"

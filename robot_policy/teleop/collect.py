@@ -11,11 +11,10 @@ from typing import Any
 from tqdm import tqdm
 
 from robot_policy.data.store import CameraInfo, EpisodeStore
-from robot_policy.envs.base import TaskConfig
+from robot_policy.envs.base import ManipulationEnv, TaskConfig
 from robot_policy.envs.expert import make_expert
 from robot_policy.envs.registry import make_env
 from robot_policy.eval.stats import wilson_interval
-from robot_policy.spaces.embodiment import EmbodimentSpec
 from robot_policy.teleop.recorder import record_episode
 
 SOURCES = ("scripted",)
@@ -58,23 +57,34 @@ class CollectConfig:
             raise ValueError(f"max_attempts must be >= 1 (or null), got {self.max_attempts}")
 
 
-def _open_store(task: TaskConfig, cfg: CollectConfig, embodiment: EmbodimentSpec, noise: float) -> EpisodeStore:
+def camera_infos(env: ManipulationEnv) -> dict[str, CameraInfo]:
+    """The task's cameras with their intrinsics and, for cameras fixed in the scene, their pose in the
+    world (rig) frame; a camera on a robot gets none, its pose changes with the arm."""
+    task, infos = env.task, {}
+    for cam in task.cameras:
+        params = env.camera_params(cam, task.image_height, task.image_width)
+        fixed = cam not in env.moving_cameras
+        infos[cam] = CameraInfo(task.image_height, task.image_width, intrinsics=params["K"],
+                                extrinsics=params["world_T_camera"] if fixed else None)
+    return infos
+
+
+def _open_store(task: TaskConfig, cfg: CollectConfig, env: ManipulationEnv, noise: float) -> EpisodeStore:
     """The store to record into: appended to (same embodiment and task), or created."""
     out = Path(cfg.out)
     if out.exists() and cfg.append:
         store = EpisodeStore.open(out, mode="a")
         recorded_task = (store.attrs.get("task") or {}).get("name")
         problem = None
-        if store.embodiment.name != embodiment.name:
-            problem = f"holds embodiment {store.embodiment.name}, task {task.name} uses {embodiment.name}"
+        if store.embodiment.name != env.embodiment.name:
+            problem = f"holds embodiment {store.embodiment.name}, task {task.name} uses {env.embodiment.name}"
         elif recorded_task not in (None, task.name):
             problem = f"holds task {recorded_task}; record {task.name} into its own store"
         if problem is not None:
             store.close()
             raise ValueError(f"{out} {problem}")
         return store
-    cameras = {cam: CameraInfo(task.image_height, task.image_width) for cam in task.cameras}
-    return EpisodeStore.create(out, embodiment, cameras=cameras, overwrite=cfg.overwrite,
+    return EpisodeStore.create(out, env.embodiment, cameras=camera_infos(env), overwrite=cfg.overwrite,
                                provenance={"source": cfg.source, "noise": noise}, task=dataclasses.asdict(task))
 
 
@@ -83,7 +93,7 @@ def collect(task: TaskConfig, cfg: CollectConfig, progress: bool = True) -> dict
     env = make_env(task)
     try:
         expert = make_expert(env, noise=cfg.noise)
-        store = _open_store(task, cfg, env.embodiment, expert.noise)
+        store = _open_store(task, cfg, env, expert.noise)
         max_attempts = cfg.max_attempts or 2 * cfg.episodes
         attempts, successes, written, steps = 0, 0, 0, 0
         start = time.perf_counter()
