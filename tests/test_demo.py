@@ -27,3 +27,6 @@ def test_demo_pipeline_end_to_end_and_rerun(tmp_path: Path, capsys: pytest.Captu
     before = (root / "eval" / "eval.json").stat().st_mtime
     assert cli_main(["demo", *args]) == 0
     assert (root / "eval" / "eval.json").stat().st_mtime == before
+    # Other inputs into the same run directory are refused rather than mixed with the old stages.
+    assert cli_main(["demo", *[a for a in args if not a.startswith("episodes=")], "episodes=4"]) == 2
+    assert "was made with other inputs (episodes: 3 -> 4)" in capsys.readouterr().err

@@ -29,7 +29,10 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         return fail(str(e))
     start = time.perf_counter()
-    report = run_demo(cfg)
+    try:
+        report = run_demo(cfg)
+    except ValueError as e:
+        return fail(str(e))
     text = report.read_text()
     table = text.split("## Success on held-out seeds", 1)[1].split("##", 1)[0].strip()
     print(table)

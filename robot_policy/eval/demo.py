@@ -60,6 +60,24 @@ def _store_complete(path: Path, episodes: int) -> bool:
         return False
 
 
+#: DemoConfig fields that shape what the stages produce (the others only change how they run)
+_INPUT_FIELDS = ("task", "policy", "episodes", "train_steps", "eval_episodes", "eval_seed", "train_overrides")
+
+
+def _check_inputs(root: Path, cfg: DemoConfig) -> None:
+    """Refuse to continue a demo made with other inputs (its stages would be silently reused)."""
+    inputs = {k: getattr(cfg, k) for k in _INPUT_FIELDS}
+    path = root / "demo.json"
+    if path.exists() and not cfg.fresh:
+        before = json.loads(path.read_text())
+        changed = {k: (before.get(k), v) for k, v in inputs.items() if before.get(k) != v}
+        if changed:
+            raise ValueError(f"{root} was made with other inputs ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
+                             "pass fresh=true to redo it, or name=<new> for a separate run")
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(inputs, indent=2))
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the four stages; returns the report path (``out_root/name/report.md``)."""
     from robot_policy.cli.train import parse as parse_train
@@ -67,6 +85,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     root = Path(cfg.out_root) / cfg.name
     store_path, train_dir, eval_dir = root / "demos.zarr", root / "train", root / "eval"
+    _check_inputs(root, cfg)
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {}
     # The stage-by-stage commands this demo is equivalent to: recorded with each stage's outputs.
