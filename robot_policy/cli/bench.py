@@ -139,6 +139,8 @@ class SuccessBenchConfig:
                                                                            "robosuite_two_arm_lift": 0.80})
     #: success target of the scripted experts
     scripted_target: float = 0.95
+    #: context to print with the table (how and where the runs were made)
+    notes: str = ""
 
 
 def _success(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
@@ -176,7 +178,8 @@ def _success(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]
                         check(ev["success_rate"], target) if target else ""))
         results[label] = {k: ev[k] for k in ("task", "episodes", "seed", "success_rate", "ci95_low", "ci95_high")}
     note = ("Success on held-out seeds (never used for collection, training or tuning), 95% Wilson intervals. "
-            "How each policy was trained and evaluated:\n" + "\n".join(notes))
+            + (cfg.notes.strip() + " " if cfg.notes else "")
+            + "How each policy was trained and evaluated:\n" + "\n".join(notes))
     return "Policy success in simulation", rows, results, note
 
 
