@@ -22,7 +22,7 @@ import os
 import platform
 import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -245,17 +245,21 @@ class EpisodeStore(EpisodeIndex):
 
     def array(self, key: str) -> zarr.Array:
         """The lazy zarr array ``data/<key>``. Its length may exceed ``n_steps`` by an uncommitted tail."""
-        # One cached handle per key: zarr re-reads zarr.json on every lookup, and a resize through one
+        return self._cached(f"data/{key}", lambda: KeyError(
+            f"{self.path}: no data key {key!r}; keys: {self.data_keys}"))
+
+    def _cached(self, path: str, missing: Callable[[], Exception]) -> zarr.Array:
+        # One cached handle per array: zarr re-reads zarr.json on every lookup, and a resize through one
         # handle is not seen by another.
         with self._cache_lock:
-            arr = self._arrays.get(key)
+            arr = self._arrays.get(path)
             if arr is None:
                 try:
-                    found = self._root[f"data/{key}"]
+                    found = self._root[path]
                 except KeyError:
-                    raise KeyError(f"{self.path}: no data key {key!r}; keys: {self.data_keys}") from None
+                    raise missing() from None
                 assert isinstance(found, zarr.Array)
-                arr = self._arrays[key] = found
+                arr = self._arrays[path] = found
             return arr
 
     def get_episode(self, index: int, keys: list[str] | None = None) -> dict[str, Any]:
@@ -280,15 +284,7 @@ class EpisodeStore(EpisodeIndex):
                            self.episode_meta())
 
     def _meta_array(self, key: str) -> zarr.Array:
-        arr = self._arrays.get(f"meta/{key}")
-        if arr is None:
-            try:
-                found = self._root[f"meta/{key}"]
-            except KeyError:
-                raise StoreError(f"{self.path}: meta/{key} is missing") from None
-            assert isinstance(found, zarr.Array)
-            arr = self._arrays[f"meta/{key}"] = found
-        return arr
+        return self._cached(f"meta/{key}", lambda: StoreError(f"{self.path}: meta/{key} is missing"))
 
     # ---- writing ---------------------------------------------------------------------------------
     def add_episode(self, data: Mapping[str, np.ndarray], *, language: str = "", seed: int = -1,

@@ -8,7 +8,7 @@
       train_state.json     optimiser hyper-parameters and the scalar parts of its state, LR schedule
     run/checkpoints/latest -> step_0001000     (a symlink, replaced atomically)
 
-A checkpoint is written into ``step_XXXXXXX.tmp-<pid>`` and renamed into place, so a crash leaves either
+A checkpoint is written into ``step_<step>.tmp-<pid>`` and renamed into place, so a crash leaves either
 the previous checkpoint or the new one, never half of one.
 """
 
