@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,6 +26,17 @@ def _has_rclpy() -> bool:
         return True
     except ImportError:
         return False
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Small tensors on a shared 2-core machine: a second thread mostly waits (up to 25x slower under load)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

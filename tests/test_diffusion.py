@@ -10,7 +10,6 @@ A point mass is the s = 0 case: every sampler must land exactly on mu.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,14 +24,7 @@ from robot_policy.models.diffusion import (
     sample,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny tensors on a shared 2-core machine: extra threads only wait on each other.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gaussian_denoiser(schedule: NoiseSchedule, mu: float, s: float):

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pybullet as p
 import pytest
+from rollouts import run_expert
 
 import robot_policy.envs.pybullet_lift as lift
 from robot_policy.envs.base import OBS_OBJECT, OBS_STATE
@@ -34,25 +35,6 @@ def env() -> Iterator[PybulletBimanualLift]:
 def expert_episode(env: PybulletBimanualLift) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]], bool]:
     """One expert episode at the collection noise level, from seed 5: (actions, observations, success)."""
     return run_expert(env, seed=5, noise=COLLECT_NOISE)
-
-
-def run_expert(env: PybulletBimanualLift, seed: int, noise: float = 0.0,
-               steps: int | None = None) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]], bool]:
-    """Roll the expert from ``reset(seed)``: (actions, observations after each step, success)."""
-    obs, _ = env.reset(seed=seed)
-    expert = make_expert(env, noise=noise, seed=seed)
-    expert.reset(obs)
-    actions, observations, success = [], [], False
-    for _ in range(steps or env.task.max_steps):
-        action = expert.act(obs)
-        obs, _, terminated, truncated, info = env.step(action)
-        actions.append(action)
-        observations.append(obs)
-        success = info["success"]
-        if terminated or truncated:
-            break
-    expert.close()  # type: ignore[attr-defined]
-    return actions, observations, success
 
 
 def test_tray_inertia_matches_one_long_box() -> None:

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rollouts import run_expert
 
-from robot_policy.envs.base import OBS_OBJECT, OBS_STATE, Obs
+from robot_policy.envs.base import OBS_OBJECT, OBS_STATE
 from robot_policy.envs.check import check_env
 from robot_policy.envs.expert import make_expert
 from robot_policy.envs.registry import make_env
@@ -58,24 +59,6 @@ def handover() -> Iterator[RobosuiteTwoArmEnv]:
     env = _make(HANDOVER)
     yield env
     env.close()
-
-
-def run_expert(env: RobosuiteTwoArmEnv, seed: int, noise: float = 0.0,
-               steps: int | None = None) -> tuple[list[np.ndarray], list[Obs], bool]:
-    """Roll the scripted expert from ``reset(seed)``: (actions, observations after each step, success)."""
-    obs, _ = env.reset(seed=seed)
-    expert = make_expert(env, noise=noise, seed=seed)
-    expert.reset(obs)
-    actions, observations, success = [], [], False
-    for _ in range(steps or env.task.max_steps):
-        action = expert.act(obs)
-        obs, _, terminated, truncated, info = env.step(action)
-        actions.append(action)
-        observations.append(obs)
-        success = info["success"]
-        if terminated or truncated:
-            break
-    return actions, observations, success
 
 
 # ---- interface ----------------------------------------------------------------------------------

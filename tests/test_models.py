@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,7 @@ from robot_policy.models.text import (
 Da = 128
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Small matmuls on a shared 2-core machine: a second thread mostly waits (25x slower under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(cameras: tuple[str, ...] = (), object_state_dim: int = 0, backbone: str = "resnet", **kw: object) -> RDTConfig:
