@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from robot_policy.cli import bench
+from robot_policy.bench import runner as bench
 from robot_policy.cli.common import ConfigError
 
 
@@ -41,4 +41,6 @@ def test_bench_infer_small() -> None:
 def test_bench_rejects_unknown_options() -> None:
     with pytest.raises(ConfigError, match="seconds_per_task"):
         bench._sim(["seconds_per_task=3"])
-    assert bench.main(["nonsense"]) == 2
+    from robot_policy.cli import bench as bench_cli
+
+    assert bench_cli.main(["nonsense"]) == 2

@@ -10,12 +10,12 @@ import pytest
 from rollouts import run_expert
 
 import robot_policy.envs.pybullet_lift as lift
-from robot_policy.envs.base import OBS_OBJECT, OBS_STATE
 from robot_policy.envs.check import check_env
 from robot_policy.envs.expert import make_expert
 from robot_policy.envs.pybullet_lift import PybulletBimanualLift
 from robot_policy.envs.pybullet_lift_expert import COLLECT_NOISE, PHASE_STEPS
 from robot_policy.envs.registry import make_env
+from robot_policy.keys import OBS_OBJECT, OBS_STATE
 from robot_policy.spaces.unified import slot
 
 TASK = "pybullet_bimanual_lift"

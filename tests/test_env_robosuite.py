@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from rollouts import run_expert
 
-from robot_policy.envs.base import OBS_OBJECT, OBS_STATE
 from robot_policy.envs.check import check_env
 from robot_policy.envs.expert import make_expert
 from robot_policy.envs.registry import make_env
@@ -26,6 +25,7 @@ from robot_policy.envs.robosuite_experts import (
     yaw_to_perpendicular,
 )
 from robot_policy.envs.robosuite_tasks import RobosuiteTwoArmEnv
+from robot_policy.keys import OBS_OBJECT, OBS_STATE
 from robot_policy.spaces.unified import slot
 
 LIFT = "robosuite_two_arm_lift"

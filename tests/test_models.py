@@ -273,13 +273,13 @@ def test_t5_needs_a_local_path_and_transformers(tmp_path: Path) -> None:
 
 
 # ---- condition dropout, loss, sampling ------------------------------------------------------------------
-def _dropout(inp, p: ConditionDropoutConfig, fill=None):
+def _dropout(inp, p: ConditionDropoutConfig):
     """Condition dropout as the training step applies it (decisions drawn for the whole batch)."""
     from robot_policy.algorithms.bc import StepRandomness, apply_condition_dropout
 
     B, V = inp.state.shape[0], (inp.images.shape[2] if inp.images is not None else 1)
     r = StepRandomness.draw(0, 0, B, 1, V, 1000, p)
-    return apply_condition_dropout(inp, r, torch.zeros(Da) if fill is None else fill)
+    return apply_condition_dropout(inp, r)
 
 
 def test_condition_dropout() -> None:
@@ -288,9 +288,8 @@ def test_condition_dropout() -> None:
     none = _dropout(inp, ConditionDropoutConfig(0, 0, 0, 0, 0))
     assert torch.equal(none.state, inp.state) and none.camera_present is not None and none.camera_present.all()
     assert none.lang_mask is not None and torch.equal(none.lang_mask, inp.lang_mask)
-    fill = torch.full((Da,), 0.5)
-    every = _dropout(inp, ConditionDropoutConfig(1, 1, 1, 1, 1), fill)
-    assert (every.ctrl_freq == 0).all() and (every.state_mask == 0).all() and (every.state == 0.5).all()
+    every = _dropout(inp, ConditionDropoutConfig(1, 1, 1, 1, 1))
+    assert (every.ctrl_freq == 0).all() and (every.state_mask == 0).all() and (every.state == 0).all()
     assert every.lang_mask is not None and not every.lang_mask.any()
     assert every.camera_present is not None and not every.camera_present.any()
     assert every.object_state is not None and (every.object_state == 0).all()

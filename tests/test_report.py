@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robot_policy.eval.bench_report import Row, write_results
+from robot_policy.bench.report import Row, write_results
 from robot_policy.eval.report import plot_loss_curve, success_table, write_run_report
 
 

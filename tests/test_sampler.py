@@ -133,7 +133,7 @@ def test_constant_dims_normalise_to_zero_and_merge_is_exact() -> None:
 
 
 def test_mixture_of_stores_with_different_object_states_and_cameras(tmp_path: Path) -> None:
-    from robot_policy.algorithms.inputs import make_model_inputs
+    from robot_policy.models.inputs import make_model_inputs
     from robot_policy.train.loop import DatasetEntry, TrainConfig, build_data
 
     with new_store(tmp_path / "a.zarr") as store:  # object state (9-d) and a 24x32 camera

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from robot_policy.cli.main import main as cli_main
 from robot_policy.envs.registry import make_env
+from robot_policy.models import checkpoint as ckpt
 from robot_policy.policies.diffusion import DiffusionPolicy
-from robot_policy.train import checkpoint as ckpt
 
 TASK = "pybullet_bimanual_lift"
 STEPS, CKPT_EVERY, BATCH = 30, 5, 8

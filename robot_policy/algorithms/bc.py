@@ -87,14 +87,15 @@ class StepRandomness:
         return StepRandomness(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
 
-def apply_condition_dropout(inputs: ModelInputs, r: StepRandomness, state_fill: Tensor) -> ModelInputs:
+def apply_condition_dropout(inputs: ModelInputs, r: StepRandomness) -> ModelInputs:
     """RDT's condition dropout with decisions drawn in ``r``: a dropped control frequency becomes 0, a
-    dropped state becomes ``state_fill`` (the dataset mean, normalised) with its mask zeroed, a dropped
-    camera a blank frame, dropped language no tokens, a dropped object state zeros."""
+    dropped state zeros with its mask zeroed (the network reads ``state * state_mask``, so no other fill
+    could reach it), a dropped camera a blank frame, dropped language no tokens, a dropped object state
+    zeros."""
     out = dataclasses.replace(inputs)
     out.ctrl_freq = inputs.ctrl_freq * r.keep_ctrl_freq.to(inputs.ctrl_freq.dtype)
     keep_state = r.keep_state[:, None]
-    out.state = torch.where(keep_state, inputs.state, state_fill.to(inputs.state).expand_as(inputs.state))
+    out.state = inputs.state * keep_state.to(inputs.state.dtype)
     out.state_mask = inputs.state_mask * keep_state.to(inputs.state_mask.dtype)
     if inputs.lang_tokens is not None:
         lang_mask = inputs.lang_mask if inputs.lang_mask is not None else torch.ones(
@@ -129,8 +130,9 @@ class DiffusionLoss(nn.Module):
         return self.model.compute_loss(inputs, actions, noise=noise, t=t)
 
 
-def prepare_training_inputs(inputs: ModelInputs, r: StepRandomness, cfg: BCConfig, state_fill: Tensor) -> ModelInputs:
-    inputs = apply_condition_dropout(inputs, r, state_fill)
+def prepare_training_inputs(inputs: ModelInputs, r: StepRandomness, cfg: BCConfig) -> ModelInputs:
+    """A batch's model inputs as the training step sees them: condition dropout, then state noise."""
+    inputs = apply_condition_dropout(inputs, r)
     if cfg.state_noise_snr_db is not None:
         inputs = add_state_noise(inputs, r.state_noise, cfg.state_noise_snr_db)
     return inputs

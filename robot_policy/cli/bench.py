@@ -13,216 +13,31 @@ Options are the fields of each benchmark's config, e.g. `robot-policy bench data
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import sys
-from collections.abc import Callable
-from typing import Any
 
-from robot_policy.cli.common import ConfigError, fail, parse_overrides
-from robot_policy.eval.bench_report import Row, check, write_results
+from robot_policy.cli.common import ConfigError, fail
 
-SUMMARY = "benchmarks (data, sim, infer): JSON + BENCHMARKS.md"
-
-
-def _data(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
-    from robot_policy.data.bench import DataBenchConfig, run_data_bench
-
-    cfg = parse_overrides(DataBenchConfig, overrides, "bench data")
-    r = run_data_bench(cfg)
-    rows = [
-        Row("sampler from RAM, one core (windows/s, batch 256)", f"{r['ram_windows_per_s']:,.0f}", ">= 50,000",
-            check(r["ram_windows_per_s"], 50_000)),
-        Row("sampler from RAM, one window per call (windows/s)", f"{r['ram_windows_per_s_batch1']:,.0f}"),
-        Row("sampler from disk (windows/s, batch 256, no chunk cache)", f"{r['disk_windows_per_s']:,.0f}", ">= 2,000",
-            check(r["disk_windows_per_s"], 2_000)),
-        Row("sampler from disk, tensorstore limited to 1 thread (windows/s)", f"{r['disk_windows_per_s_1thread']:,.0f}"),
-        Row(f"streaming writer, {cfg.cameras} x {cfg.image_size}x{cfg.image_size} cameras (steps/s)",
-            f"{r['writer_steps_per_s']:,.0f}", ">= 200", check(r["writer_steps_per_s"], 200)),
-        Row("stored bytes per camera frame", f"{r['writer_bytes_per_frame']:,.0f}"),
-        Row("building the store (s)", f"{r['store_build_s']:.1f}"),
-    ]
-    notes = (f"Store: {r['store_steps']:,} steps in {r['store_episodes']:,} episodes of synthetic smooth "
-             f"trajectories (`panda_bimanual_joint` slots). Windows: To={cfg.obs_horizon} states + "
-             f"Ta={cfg.action_horizon} actions, 128-d float32, drawn uniformly at random; disk reads decode "
-             "every chunk (tensorstore cache off; the OS page cache is warm).")
-    return "Data: sampler and streaming writer", rows, r, notes
-
-
-def _infer(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
-    from robot_policy.policies.bench import InferBenchConfig, run_infer_bench
-
-    cfg = parse_overrides(InferBenchConfig, overrides, "bench infer")
-    r = run_infer_bench(cfg, progress=lambda msg: print(f"bench infer: {msg}", file=sys.stderr))
-    rows: list[Row] = []
-    for name, m in r["latency"].items():
-        call = m["denoiser_call"]
-        rows.append(Row(f"{name} ({m['parameters'] / 1e6:.1f}M params, Ta={m['horizon']}): one denoiser call "
-                        f"p50 / p95 (ms, n={call['n']})", f"{call['p50_ms']:,.1f} / {call['p95_ms']:,.1f}"))
-        for label, s in m["samplers"].items():
-            rows.append(Row(f"{name} {label}: chunk latency p50 / p95 (ms, batch 1, n={s['n']})",
-                            f"{s['p50_ms']:,.1f} / {s['p95_ms']:,.1f}"))
-        ref = min(m["samplers"], key=lambda k: m["samplers"][k]["p50_ms"])
-        others = [f"{k} x{s['p50_ms'] / m['samplers'][ref]['p50_ms']:.1f}" for k, s in m["samplers"].items() if k != ref]
-        if others:
-            rows.append(Row(f"{name}: chunk p50 relative to {ref} (same run)", ", ".join(others)))
-    for name, t in r["train"].items():
-        rows.append(Row(f"training {name} ({t['parameters'] / 1e6:.1f}M params), batch {t['batch_size']}: samples/s "
-                        f"(step p50 {t['step']['p50_ms']:,.0f} ms, n={t['step']['n']})", f"{t['samples_per_s']:,.1f}"))
-    from robot_policy.models.params import count_parameters
-    from robot_policy.models.rdt import available_policy_configs, load_policy_config
-
-    targets = {"rdt_170m": 170e6, "rdt_1b": 1.2e9}
-    for name in available_policy_configs():
-        n = count_parameters(load_policy_config(name))
-        r.setdefault("parameters", {})[name] = n
-        target = targets.get(name)
-        rows.append(Row(f"{name}: parameters (transformer + adaptors, counted on the meta device)", f"{n:,}",
-                        f"{target / 1e6:,.0f}M +-10%" if target else "",
-                        ("pass" if abs(n / target - 1) <= 0.10 else "FAIL") if target else ""))
-    budget_ms = 1e3 * r["execute_horizon"] / r["control_hz"]
-    heavy = [f"{name} {label} (n={s['n']})" for name, m in r["latency"].items() for label, s in m["samplers"].items()
-             if s["n"] < cfg.repeats]
-    notes = (f"CPU, torch {r['torch']}, {r['torch_threads']} torch thread(s) on {r['cpu_count']} cores; 1-min load "
-             f"average {r['load_average_1min_before']:.1f} before, {r['load_average_1min_after']:.1f} after (other "
-             "processes on the cores slow every row, multi-threaded runs most). Policies built from their configs "
-             f"with random weights, conditioned as on `{r['task']}`: its state and {r['object_state_dim']}-d object "
-             "state from one reset, its instruction, no cameras. Chunk latency = one `model.sample` call at batch 1 "
-             "(observation encoder, sampler built from its name, every denoiser call and update), after a warm-up "
-             f"chunk with the same sampler at <= {cfg.warmup_steps} steps; a denoiser call is timed alone. Each case "
-             f"times up to {cfg.repeats} chunks, stopping after {cfg.max_seconds:g} s once {cfg.min_repeats} are done"
-             + (f", so these have fewer (their p95 is close to their max): {', '.join(heavy)}" if heavy else "")
-             + ". Ratios between samplers of one model in one run are the meaningful part. Real-time budget with "
-             f"asynchronous inference: {r['execute_horizon']} actions at {r['control_hz']:g} Hz = {budget_ms:.0f} ms "
-             "per chunk. Training: `train()`'s optimisation step (step randomness, condition dropout, state noise, "
-             "compute_loss, backward, clip, AdamW, cosine LR, EMA) on one synthetic batch of `configs/train.yaml`'s "
-             "batch size, data loading excluded.")
-    return "Inference: chunk latency per sampler; training samples/s", rows, r, notes
-
-
-def _sim(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
-    import os
-
-    from robot_policy.envs.bench import SimBenchConfig, run_sim_bench
-
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cfg = parse_overrides(SimBenchConfig, overrides, "bench sim")
-    r = run_sim_bench(cfg)
-    rows = []
-    collect_limits = {"pybullet_bimanual_lift": 120.0, "robosuite_two_arm_lift": 600.0}
-    for task, v in r.items():
-        if "state_steps_per_s" in v:
-            target = (">= 500", check(v["state_steps_per_s"], 500)) if task == "pybullet_bimanual_lift" else ("", "")
-            rows.append(Row(f"{task}, state observations (control steps/s)", f"{v['state_steps_per_s']:,.0f}", *target))
-            rows.append(Row(f"{task}, + camera {v['camera']} {cfg.image_size}x{cfg.image_size} (control steps/s)",
-                            f"{v['camera_steps_per_s']:,.1f}"))
-        if "collect" in v:
-            c, limit = v["collect"], collect_limits.get(task)
-            rows.append(Row(f"{task}: collect {c['episodes']} scripted episodes ({c['steps']:,} steps) into a store (s)",
-                            f"{c['seconds']:,.1f}", f"<= {limit:.0f}" if limit else "",
-                            check(c["seconds"], limit, higher_is_better=False) if limit else ""))
-    notes = ("One process, one core; resets included; actions hold the arms with small noise. pybullet renders "
-             "with TinyRenderer (CPU), robosuite/MuJoCo with EGL (Mesa llvmpipe on these machines). Collection "
-             "times are `robot-policy collect task=<task> episodes=N` (streaming writer, state observations, "
-             "sim_state recorded), start to end, including env construction.")
-    return "Simulation: control steps per second", rows, r, notes
-
-
-@dataclasses.dataclass
-class SuccessBenchConfig:
-    """Options of ``robot-policy bench success``: collate evaluations already run (nothing is re-run)."""
-
-    #: eval output directories (each holding eval.json)
-    evals: list[str] = dataclasses.field(default_factory=list)
-    #: success targets by task name (fraction), shown next to single-task rdt_small results
-    targets: dict[str, float] = dataclasses.field(default_factory=lambda: {"pybullet_bimanual_lift": 0.90,
-                                                                           "robosuite_two_arm_lift": 0.80})
-    #: success target of the scripted experts
-    scripted_target: float = 0.95
-    #: context to print with the table (how and where the runs were made)
-    notes: str = ""
-
-
-def _success(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
-    from robot_policy.eval.report import collate_success
-
-    cfg = parse_overrides(SuccessBenchConfig, overrides, "bench success")
-    if not cfg.evals:
-        raise ConfigError("evals: give the eval directories, e.g. evals=[runs/a/eval,runs/b/eval]")
-    rows, notes, results = [], [], {}
-    for rec in collate_success(cfg.evals):
-        ev, tr = rec["eval"], rec["train"]
-        if tr is None:
-            label = f"{ev['task']}: {ev['policy']} expert"
-            notes.append(f"- {label}: `{ev.get('command') or '(eval command not recorded)'}`")
-        else:
-            policy = tr["policy"]
-            kind = "multi-task" if len(tr["datasets"]) > 1 else "single-task"
-            obs = "images" if policy["obs_encoder"]["cameras"] else "state"
-            demos = "+".join(str(n) for n in tr.get("dataset_episodes", [])) or "?"
-            minutes = f", {rec['train_seconds'] / 60:.0f} min training" if rec["train_seconds"] else ""
-            label = (f"{ev['task']}: {kind} RDT (width {policy['hidden_size']}, depth {policy['depth']}, {obs} "
-                     f"obs), {demos} demos, {rec['step'] or tr['train']['steps']} steps{minutes}")
-            notes.append(f"- {label}: `{tr.get('command') or '(train command not recorded)'}`, then "
-                         f"`{ev.get('command') or '(eval command not recorded)'}`")
-        value = (f"{100 * ev['success_rate']:.1f}% [{100 * ev['ci95_low']:.1f}, {100 * ev['ci95_high']:.1f}] "
-                 f"of {ev['episodes']} (seeds {ev['seed']}-{ev['seed'] + ev['episodes'] - 1})")
-        target: float | None
-        if tr is None and ev["policy"] == "scripted":
-            target = cfg.scripted_target
-        elif tr is not None and len(tr["datasets"]) == 1 and not tr["policy"]["obs_encoder"]["cameras"]:
-            target = cfg.targets.get(ev["task"])
-        else:
-            target = None
-        rows.append(Row(label, value, f">= {100 * target:.0f}%" if target else "",
-                        check(ev["success_rate"], target) if target else ""))
-        results[label] = {k: ev[k] for k in ("task", "episodes", "seed", "success_rate", "ci95_low", "ci95_high")}
-    note = ("Success on held-out seeds (never used for collection, training or tuning), 95% Wilson intervals. "
-            + (cfg.notes.strip() + " " if cfg.notes else "")
-            + "How each policy was trained and evaluated:\n" + "\n".join(notes))
-    return "Policy success in simulation", rows, results, note
-
-
-BENCHES: dict[str, tuple[Callable[[list[str]], tuple[str, list[Row], dict[str, Any], str]], str]] = {
-    "data": (_data, "robot_policy.data.bench:DataBenchConfig"),
-    "sim": (_sim, "robot_policy.envs.bench:SimBenchConfig"),
-    "success": (_success, "robot_policy.cli.bench:SuccessBenchConfig"),
-    "infer": (_infer, "robot_policy.policies.bench:InferBenchConfig"),
-}
-
-
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default_factory is not dataclasses.MISSING:  # lists: field(default_factory=...)
-        return f.default_factory()
-    return f.default
-
-
-def _config_help(target: str) -> str:
-    import importlib
-
-    module, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
-    lines = [f"  {f.name} = {_default(f)!r}" for f in dataclasses.fields(cls)]
-    return "options:\n" + "\n".join(lines)
+SUMMARY = "benchmarks (data, sim, infer, success): JSON + BENCHMARKS.md"
 
 
 def main(argv: list[str]) -> int:
+    from robot_policy.bench.runner import BENCHES, config_help, run_bench
+
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
     name, overrides = argv[0], argv[1:]
     if name not in BENCHES:
         return fail(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHES)}")
-    run, config_target = BENCHES[name]
     if "--help" in overrides or "-h" in overrides:
-        print(_config_help(config_target))
+        print(config_help(name))
         return 0
+    command = "robot-policy bench " + " ".join(shlex.quote(a) for a in argv)
     try:
-        title, rows, results, notes = run(overrides)
+        path, rows = run_bench(name, overrides, command)
     except ConfigError as e:
         return fail(str(e))
-    command = "robot-policy bench " + " ".join(shlex.quote(a) for a in argv)
-    path = write_results(name, title, rows, results, command, notes)
     for row in rows:
         print(f"{row.metric:<70} {row.value:>12}  {row.target} {row.status}")
     print(f"wrote {path} and BENCHMARKS.md", file=sys.stderr)

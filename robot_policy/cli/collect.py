@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
         print(verb_help("collect", __doc__ or "", "collect"))
         return 0
     from robot_policy.envs.registry import task_config_from_dict
-    from robot_policy.teleop.collect import CollectConfig, collect
+    from robot_policy.pipelines.collect import CollectConfig, collect
 
     try:
         raw = OmegaConf.to_container(compose("collect", argv), resolve=True)

@@ -15,7 +15,7 @@ SUMMARY = "the main job: collect demos -> train -> evaluate on held-out seeds ->
 
 
 def main(argv: list[str]) -> int:
-    from robot_policy.eval.demo import DemoConfig, run_demo
+    from robot_policy.pipelines.demo import DemoConfig, run_demo
 
     if "--help" in argv or "-h" in argv:
         print(__doc__)

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         policy = policy or raw.pop("policy")
         raw.pop("policy", None)
         if Path(str(policy)).exists():  # a checkpoint or run directory: pin the step directory it means now
-            from robot_policy.train.checkpoint import resolve_checkpoint
+            from robot_policy.models.checkpoint import resolve_checkpoint
 
             policy = str(resolve_checkpoint(str(policy)))
         task = task_config_from_dict(raw.pop("task"), where="task")

@@ -25,13 +25,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from robot_policy.keys import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
 from robot_policy.spaces.embodiment import EmbodimentSpec, load_embodiment
 from robot_policy.spaces.unified import UNIFIED_DIM
-
-OBS_STATE = "state"
-OBS_STATE_MASK = "state_mask"
-OBS_OBJECT = "object_state"
-IMAGE_PREFIX = "images/"
 
 Obs = dict[str, np.ndarray]
 

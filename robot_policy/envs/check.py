@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot_policy.envs.base import OBS_STATE, OBS_STATE_MASK, ManipulationEnv, Obs
+from robot_policy.envs.base import ManipulationEnv, Obs
+from robot_policy.keys import OBS_STATE, OBS_STATE_MASK
 from robot_policy.spaces.unified import UNIFIED_DIM
 
 

@@ -27,10 +27,10 @@ from tqdm import tqdm
 
 from robot_policy.envs.base import ManipulationEnv, TaskConfig
 from robot_policy.envs.registry import make_env
+from robot_policy.eval.policies import load_policy
 from robot_policy.eval.stats import wilson_interval
 from robot_policy.eval.video import write_mp4
 from robot_policy.policies.base import Policy, observe, reset_policy
-from robot_policy.policies.registry import load_policy
 
 PolicySource = str | Path | Policy | Callable[[ManipulationEnv], Policy]
 

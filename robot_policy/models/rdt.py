@@ -54,7 +54,7 @@ class ConditionDropoutConfig:
 
     lang: float = 0.1  # language -> all tokens masked (cross-attention contributes nothing)
     camera: float = 0.1  # each camera independently -> blank image
-    state: float = 0.1  # state -> ``state_fill`` (the normalised dataset mean, 0) and its mask zeroed
+    state: float = 0.1  # state and its mask -> zeros
     ctrl_freq: float = 0.1  # control frequency -> 0 Hz
     object_state: float = 0.0  # object state -> 0 (not in RDT; a state-based policy's only view of objects)
 

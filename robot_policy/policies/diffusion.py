@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from robot_policy.algorithms.inputs import LanguageTable, make_model_inputs
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
-from robot_policy.envs.base import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
+from robot_policy.keys import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
+from robot_policy.models import checkpoint as ckpt
 from robot_policy.models.diffusion import Sampler
+from robot_policy.models.inputs import LanguageTable, make_model_inputs
 from robot_policy.models.rdt import RDTPolicyModel, policy_config_from_dict
 from robot_policy.models.text import make_text_encoder
 from robot_policy.policies.base import ActionChunk
 from robot_policy.spaces.embodiment import EmbodimentSpec
 from robot_policy.spaces.unified import UNIFIED_DIM
-from robot_policy.train import checkpoint as ckpt
 
 
 class DiffusionPolicy:

@@ -15,7 +15,8 @@ import numpy as np
 
 from robot_policy.data.format import OBJECT_STATE, SIM_STATE
 from robot_policy.data.store import EpisodeStore
-from robot_policy.envs.base import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE, ManipulationEnv, Obs
+from robot_policy.envs.base import ManipulationEnv, Obs
+from robot_policy.keys import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE
 
 
 @dataclass

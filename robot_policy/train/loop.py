@@ -24,20 +24,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness, prepare_training_inputs
-from robot_policy.algorithms.inputs import LanguageTable, make_model_inputs, normalized_actions
+from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness
 from robot_policy.data import format as fmt
 from robot_policy.data.mixture import MixtureDataset, StepBatchSampler, make_step_loader
 from robot_policy.data.normalizer import Normalizer, compute_stats, merge_stats
 from robot_policy.data.sampler import SequenceSampler, split_episodes
 from robot_policy.data.store import EpisodeData, EpisodeStore
 from robot_policy.data.torch_dataset import WindowBatchDataset
+from robot_policy.models import checkpoint as ckpt
+from robot_policy.models.inputs import LanguageTable, make_model_inputs, normalized_actions
 from robot_policy.models.rdt import RDTConfig, RDTPolicyModel
 from robot_policy.models.text import make_text_encoder
-from robot_policy.train import checkpoint as ckpt
 from robot_policy.train.distributed import DistributedContext, distributed_context
 from robot_policy.train.ema import EMA
 from robot_policy.train.schedule import make_scheduler
+from robot_policy.train.step import BCStep
 
 
 @dataclass
@@ -202,11 +203,6 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
                          + "\n  ".join(problems))
 
 
-def _state_fill(normalizer: Normalizer) -> torch.Tensor:
-    mean = torch.as_tensor(normalizer.stats[fmt.STATE]["mean"], dtype=torch.float32)
-    return normalizer.normalize(fmt.STATE, mean)
-
-
 def _device(name: str, ctx: DistributedContext) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{ctx.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -304,13 +300,13 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     sampler = StepBatchSampler(data.train.sizes, [d.weight for d in cfg.datasets], cfg.batch_size, cfg.seed,
                                cfg.steps, start_step, ctx.rank, ctx.world_size)
     loader = make_step_loader(data.train, sampler, cfg.num_workers)
-    state_fill = _state_fill(data.normalizer).to(device)
     logger = _Logger(run_dir, start_step, ctx.is_main)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "train_config.json").write_text(json.dumps(config_json, indent=2))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
+    bc_step = BCStep(model, loss_module, optimizer, scheduler, ema, cfg.optim, autocast)
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not (cfg.progress and ctx.is_main))
     window_loss, window_n, t_last, samples = 0.0, 0, time.perf_counter(), 0
     t_start = t_last
@@ -320,17 +316,9 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
                                 policy.diffusion.num_train_timesteps, policy.cond_dropout)
         r = r.rows(ctx.rank, ctx.world_size).to(device)
         inputs = make_model_inputs(batch, data.normalizer, language, device)
-        inputs = prepare_training_inputs(inputs, r, cfg.optim, state_fill)
         actions = normalized_actions(batch, data.normalizer, device)
-        with autocast:
-            loss = loss_module(inputs, actions, r.noise, r.t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        ema.update(model)
-        loss_value = ctx.mean(loss.detach()).item()
+        loss, grad_norm = bc_step(inputs, actions, r)
+        loss_value = ctx.mean(loss).item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step}; last checkpoint: "
                                      f"{ckpt.latest_checkpoint(run_dir)}")

@@ -31,13 +31,13 @@ import torch
 import yaml
 from torch import Tensor
 
-from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness, prepare_training_inputs
-from robot_policy.algorithms.inputs import LanguageTable, make_model_inputs, normalized_actions
+from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
-from robot_policy.envs.base import OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
 from robot_policy.envs.registry import available_tasks, make_env
+from robot_policy.keys import OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
 from robot_policy.models.diffusion import SAMPLERS, Sampler
+from robot_policy.models.inputs import LanguageTable, make_model_inputs, normalized_actions
 from robot_policy.models.params import count_parameters
 from robot_policy.models.rdt import RDTConfig, RDTPolicyModel, available_policy_configs, load_policy_config
 from robot_policy.models.text import make_text_encoder
@@ -45,6 +45,7 @@ from robot_policy.paths import CONFIG_DIR
 from robot_policy.spaces.unified import UNIFIED_DIM
 from robot_policy.train.ema import EMA
 from robot_policy.train.schedule import make_scheduler
+from robot_policy.train.step import BCStep
 
 _LABELS = {"ddpm": "DDPM", "ddim": "DDIM", "dpmsolver++": "DPM-Solver++"}
 
@@ -331,25 +332,17 @@ def measure_training(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[s
     ema = EMA(model, max_decay=optim.ema_max_decay, power=optim.ema_power)
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
     scheduler = make_scheduler(optimizer, optim.warmup_steps, int(defaults["steps"]), optim.min_lr_ratio)
-    loss_module = DiffusionLoss(model)
+    bc_step = BCStep(model, DiffusionLoss(model), optimizer, scheduler, ema, optim)
     normalizer = unit_normalizer(ti.object_state_dim, ti.obs[OBS_STATE_MASK], ti.action_mask)
     language = language_table(policy, ti.instruction, cfg.seed)
     batch = synthetic_batch(ti, policy, batch_size, cfg.seed)
-    state_fill = torch.zeros(UNIFIED_DIM)
     step = 0
 
     def one_step() -> None:  # the body of train()'s loop, minus data loading, logging and checkpoints
         nonlocal step
         r = StepRandomness.draw(cfg.seed, step, batch_size, policy.horizon, 1,
                                 policy.diffusion.num_train_timesteps, policy.cond_dropout)
-        inputs = prepare_training_inputs(make_model_inputs(batch, normalizer, language), r, optim, state_fill)
-        loss = loss_module(inputs, normalized_actions(batch, normalizer), r.noise, r.t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        ema.update(model)
+        loss, _ = bc_step(make_model_inputs(batch, normalizer, language), normalized_actions(batch, normalizer), r)
         loss.item()
         step += 1
 

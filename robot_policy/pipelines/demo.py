@@ -15,12 +15,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from robot_policy.configuration import compose
 from robot_policy.data.store import EpisodeStore, StoreError
 from robot_policy.envs.registry import task_config_from_dict
 from robot_policy.eval.harness import EvalConfig, evaluate
 from robot_policy.eval.report import write_run_report
-from robot_policy.teleop.collect import CollectConfig, collect
-from robot_policy.train import checkpoint as ckpt
+from robot_policy.models import checkpoint as ckpt
+from robot_policy.pipelines.collect import CollectConfig, collect
 
 
 @dataclass
@@ -46,8 +47,6 @@ class DemoConfig:
 
 
 def _compose(name: str, overrides: list[str]) -> dict[str, Any]:
-    from robot_policy.cli.common import compose
-
     raw = OmegaConf.to_container(compose(name, overrides), resolve=True)
     assert isinstance(raw, dict)
     return {str(k): v for k, v in raw.items()}
@@ -80,7 +79,7 @@ def _check_inputs(root: Path, cfg: DemoConfig) -> None:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the four stages; returns the report path (``out_root/name/report.md``)."""
-    from robot_policy.cli.train import parse as parse_train
+    from robot_policy.train.config import parse_train_config as parse_train
     from robot_policy.train.loop import train
 
     root = Path(cfg.out_root) / cfg.name

@@ -56,7 +56,7 @@ def steps_per_second(task: str, cameras: list[str], size: int, seconds: float) -
 
 def collect_seconds(task: str, episodes: int, out: Path) -> dict[str, float]:
     """Wall time of ``robot-policy collect``'s library call for ``episodes`` scripted episodes."""
-    from robot_policy.teleop.collect import CollectConfig, collect
+    from robot_policy.pipelines.collect import CollectConfig, collect
 
     start = time.perf_counter()
     summary = collect(load_task_config(task), CollectConfig(episodes=episodes, out=str(out), overwrite=True),

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from robot_policy.envs.base import ManipulationEnv
+from robot_policy.eval.builtin_policies import RandomPolicy, ScriptedPolicy
 from robot_policy.policies.base import Policy
-from robot_policy.policies.builtin import RandomPolicy, ScriptedPolicy
 
 PolicyFactory = Callable[..., Policy]
 

@@ -1,0 +1,27 @@
+"""Observation and batch keys: one name per thing, shared by envs, the data pipeline, models and policies.
+
+An observation (env step, or a deployed robot's sensors) and a training batch use the same keys, so the
+code that turns either into model inputs is one function (:func:`robot_policy.models.inputs.make_model_inputs`).
+This module sits below every layer and imports nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: (128,) unified robot state (SI units); in a batch (B, To, 128)
+OBS_STATE: Final = "state"
+#: (128,) 0/1 mask of the state slots the embodiment writes; in a batch (B, 128)
+OBS_STATE_MASK: Final = "state_mask"
+#: (Do,) task-defined privileged object features; in a batch (B, To, Do)
+OBS_OBJECT: Final = "object_state"
+#: prefix of camera frames: ``images/<camera>`` (H, W, 3) uint8; in a batch (B, To, H, W, 3)
+IMAGE_PREFIX: Final = "images/"
+#: (B, Ta, 128) unified action chunk of a training window
+ACTION: Final = "action"
+#: (B, 128) 0/1 mask of the action slots
+ACTION_MASK: Final = "action_mask"
+#: (B, Ta) bool, True where the window ran past the episode end and repeats its last action
+ACTION_IS_PAD: Final = "action_is_pad"
+#: (B,) int64 index of the episode a window came from
+EPISODE: Final = "episode"

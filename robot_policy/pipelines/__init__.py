@@ -1,0 +1,1 @@
+"""Multi-stage jobs above the library layers: collection, the demo (and later RL and distillation runs)."""
