@@ -21,7 +21,11 @@ IMAGE_PREFIX: Final = "images/"
 ACTION: Final = "action"
 #: (B, 128) 0/1 mask of the action slots
 ACTION_MASK: Final = "action_mask"
-#: (B, Ta) bool, True where the window ran past the episode end and repeats its last action
-ACTION_IS_PAD: Final = "action_is_pad"
 #: (B,) int64 index of the episode a window came from
 EPISODE: Final = "episode"
+#: (B,) float32 control frequency (Hz) of the window's embodiment
+CTRL_FREQ: Final = "ctrl_freq"
+#: (B,) int64 row of the instruction in the batch's language table
+LANGUAGE_ID: Final = "language_id"
+#: (B, V) bool, False where a camera is missing from the window's store (a blank frame stands in)
+CAMERA_PRESENT: Final = "camera_present"

@@ -36,8 +36,9 @@ def test_windows_never_cross_an_episode_boundary(lengths: list[int], obs_h: int,
     anchor = sampler.anchor
     # The observation window ends at the anchor; the action window starts there.
     assert np.array_equal(rows.obs[:, -1], anchor) and np.array_equal(rows.action[:, 0], anchor)
-    # Padding repeats edge frames: the pad flag is exactly where the unclipped index leaves the episode.
-    assert np.array_equal(rows.action_is_pad, (anchor[:, None] + np.arange(act_h)) >= hi)
+    # Padding repeats edge frames: past the episode end every action row is the episode's last.
+    unclipped = anchor[:, None] + np.arange(act_h)
+    assert np.array_equal(rows.action, np.minimum(unclipped, hi - 1))
     assert np.all(np.diff(rows.obs, axis=1) >= 0) and np.all(np.diff(rows.action, axis=1) >= 0)
 
 
@@ -66,7 +67,7 @@ def test_disk_reads_equal_ram_reads(store_path: Path) -> None:
     in_ram = EpisodeData(store.episode_ends, {k: np.asarray(store.array(k)[:]) for k in (*keys, "action")})
     ram = gather_windows(in_ram, sampler, windows, keys, ("action",))
     disk = TensorstoreReader(store_path, [*keys, "action"]).gather(sampler, windows, keys, ("action",))
-    for key in (*keys, "action", "action_is_pad", "episode"):
+    for key in (*keys, "action", "episode"):
         assert np.array_equal(ram[key], disk[key]), key
     assert ram["images/front"].shape == (64, 2, 24, 32, 3)
 
@@ -83,7 +84,7 @@ def test_dataloader_batches(store_path: Path, in_memory: bool, workers: int) -> 
     b = batches[0]
     assert b["state"].shape == (16, 2, 128) and b["state"].dtype == torch.float32
     assert b["images/front"].dtype == torch.uint8 and b["images/front"].shape == (16, 2, 24, 32, 3)
-    assert b["action"].shape == (16, 8, 128) and b["action_is_pad"].dtype == torch.bool
+    assert b["action"].shape == (16, 8, 128)
     assert b["action_mask"].shape == (16, 128)
     assert set(torch.cat([x["episode"] for x in batches]).tolist()) <= set(train.tolist())
     # Same seed, same order.

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,13 +37,15 @@ from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
 from robot_policy.envs.registry import available_tasks, make_env
-from robot_policy.keys import OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
+from robot_policy.keys import ACTION_MASK, CTRL_FREQ, LANGUAGE_ID, OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
+from robot_policy.models import checkpoint as ckpt
 from robot_policy.models.diffusion import SAMPLERS, Sampler
 from robot_policy.models.inputs import LanguageTable, make_model_inputs, normalized_actions
 from robot_policy.models.params import count_parameters
 from robot_policy.models.rdt import RDTConfig, RDTPolicyModel, available_policy_configs, load_policy_config
-from robot_policy.models.text import make_text_encoder
+from robot_policy.models.text import make_text_encoder, save_text_embeddings
 from robot_policy.paths import CONFIG_DIR
+from robot_policy.policies.diffusion import DiffusionPolicy
 from robot_policy.spaces.unified import UNIFIED_DIM
 from robot_policy.train.ema import EMA
 from robot_policy.train.schedule import make_scheduler
@@ -150,6 +154,8 @@ class TaskInputs:
     control_hz: float
     instruction: str
     object_state_dim: int
+    #: the task's embodiment spec as a checkpoint stores it (``EmbodimentSpec.to_dict``)
+    embodiment: dict[str, Any]
 
 
 def task_inputs(task: str, seed: int = 0) -> TaskInputs:
@@ -157,7 +163,8 @@ def task_inputs(task: str, seed: int = 0) -> TaskInputs:
     try:
         obs, _ = env.reset(seed=seed)
         return TaskInputs({k: np.asarray(v) for k, v in obs.items()}, np.asarray(env.action_mask, np.float32),
-                          float(env.task.control_hz), env.task.language, int(env.object_state_dim))
+                          float(env.task.control_hz), env.task.language, int(env.object_state_dim),
+                          env.embodiment.to_dict())
     finally:
         env.close()
 
@@ -214,15 +221,36 @@ def observation_batch(ti: TaskInputs, n_obs_steps: int) -> dict[str, Tensor]:
     state = torch.from_numpy(np.asarray(ti.obs[OBS_STATE], np.float32))
     batch = {
         fmt.STATE: state.expand(1, n_obs_steps, UNIFIED_DIM).clone(),  # (1, To, Da)
-        "state_mask": torch.from_numpy(np.asarray(ti.obs[OBS_STATE_MASK], np.float32))[None],
-        "action_mask": torch.from_numpy(ti.action_mask)[None],
-        "ctrl_freq": torch.tensor([ti.control_hz], dtype=torch.float32),
-        "language_id": torch.zeros(1, dtype=torch.int64),
+        OBS_STATE_MASK: torch.from_numpy(np.asarray(ti.obs[OBS_STATE_MASK], np.float32))[None],
+        ACTION_MASK: torch.from_numpy(ti.action_mask)[None],
+        CTRL_FREQ: torch.tensor([ti.control_hz], dtype=torch.float32),
+        LANGUAGE_ID: torch.zeros(1, dtype=torch.int64),
     }
     if ti.object_state_dim:
         obj = torch.from_numpy(np.asarray(ti.obs[OBS_OBJECT], np.float32))
         batch[fmt.OBJECT_STATE] = obj.expand(1, n_obs_steps, ti.object_state_dim).clone()  # (1, To, Do)
     return batch
+
+
+def write_checkpoint(model: RDTPolicyModel, normalizer: Normalizer, ti: TaskInputs, language: LanguageTable,
+                     root: Path) -> Path:
+    """A checkpoint directory of ``model`` (its random weights) as ``train`` writes one, for the task.
+
+    A policy whose text encoder has no weights on this machine (T5) is stored with ``text_encoder.kind=file``
+    and the instruction's tokens from ``language`` precomputed next to it: the instruction is encoded once
+    at load, so the chunk loop is the same either way.
+    """
+    policy = model.cfg
+    if policy.text_encoder.kind != "builtin":
+        embeddings = root / "instruction.safetensors"
+        tokens, mask = language.tokens, language.mask  # (1, L, lang_dim), (1, L)
+        save_text_embeddings(embeddings, {ti.instruction: tokens[0][mask[0]]})
+        policy = dataclasses.replace(policy, text_encoder=dataclasses.replace(
+            policy.text_encoder, kind="file", path=str(embeddings)))
+    config = {"format": "robot_policy.checkpoint/1", "policy": dataclasses.asdict(policy),
+              "normalizer": normalizer.to_json(), "languages": [ti.instruction],
+              "embodiments": {str(ti.embodiment["name"]): ti.embodiment}, "execute_horizon": policy.horizon}
+    return ckpt.save_checkpoint(root, 0, config, model.state_dict(), keep_last=1)
 
 
 # --- measurements ------------------------------------------------------------------------------------
@@ -268,7 +296,19 @@ def measure_latency(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[st
     for label, (kind, steps) in plans.items():
         for _ in range(cfg.warmup):
             model.sample(inputs, noise=noise, sampler=kind, num_steps=min(steps, cfg.warmup_steps))
+    # What a deployment calls: predict_chunk of the loaded checkpoint (history, normalisation, the model's
+    # inputs, sampling, unnormalisation, ActionChunk), with the same weights and observation.
+    with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
+        path = write_checkpoint(model, normalizer, ti, language_table(policy, ti.instruction, cfg.seed), Path(tmp))
+        policies = {label: DiffusionPolicy.from_checkpoint(path, sampler=kind, num_steps=steps)
+                    for label, (kind, steps) in plans.items()}
+    for label, p in policies.items():
+        p.reset(cfg.seed)
+        for _ in range(cfg.warmup):
+            p.predict_chunk(ti.obs)
+    predict = {label: partial(p.predict_chunk, ti.obs) for label, p in policies.items()}
     times: dict[str, list[float]] = {label: [] for label in plans}
+    policy_times: dict[str, list[float]] = {label: [] for label in plans}
     calls: list[float] = []
     encodes: list[float] = []
 
@@ -280,6 +320,7 @@ def measure_latency(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[st
             calls.append(_timed(call))
             encodes.append(_timed(encode))
             times[label].append(_timed(chunk[label]))
+            policy_times[label].append(_timed(predict[label]))
     while len(calls) < cfg.call_repeats:
         calls.append(_timed(call))
     out: dict[str, Any] = {"parameters": count_parameters(policy), "horizon": policy.horizon,
@@ -288,7 +329,8 @@ def measure_latency(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[st
                            "denoiser_call": percentiles_ms(calls), "encode": percentiles_ms(encodes), "samplers": {}}
     for label, (kind, steps) in plans.items():
         row = {"kind": kind, "steps": steps, **percentiles_ms(times[label]),
-               "sampler_build_ms": percentiles_ms(build[label])["p50_ms"]}
+               "sampler_build_ms": percentiles_ms(build[label])["p50_ms"],
+               "predict_chunk": percentiles_ms(policy_times[label])}
         # what is neither the encoder nor a denoiser call: scheduler updates, sampler construction, glue
         row["overhead_ms"] = row["p50_ms"] - out["encode"]["p50_ms"] - steps * out["denoiser_call"]["p50_ms"]
         out["samplers"][label] = row
@@ -311,10 +353,10 @@ def synthetic_batch(ti: TaskInputs, policy: RDTConfig, batch_size: int, seed: in
     batch = {
         fmt.STATE: torch.randn(B, To, UNIFIED_DIM, generator=g) * state_mask,  # (B, To, Da)
         fmt.ACTION: torch.rand(B, Ta, UNIFIED_DIM, generator=g) * action_mask,  # (B, Ta, Da)
-        "state_mask": state_mask.expand(B, UNIFIED_DIM).clone(),
-        "action_mask": action_mask.expand(B, UNIFIED_DIM).clone(),
-        "ctrl_freq": torch.full((B,), ti.control_hz),
-        "language_id": torch.zeros(B, dtype=torch.int64),
+        OBS_STATE_MASK: state_mask.expand(B, UNIFIED_DIM).clone(),
+        ACTION_MASK: action_mask.expand(B, UNIFIED_DIM).clone(),
+        CTRL_FREQ: torch.full((B,), ti.control_hz),
+        LANGUAGE_ID: torch.zeros(B, dtype=torch.int64),
     }
     if ti.object_state_dim:
         batch[fmt.OBJECT_STATE] = torch.randn(B, To, ti.object_state_dim, generator=g)  # (B, To, Do)

@@ -61,6 +61,9 @@ def _infer(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
         for label, s in m["samplers"].items():
             rows.append(Row(f"{name} {label}: chunk latency p50 / p95 (ms, batch 1, n={s['n']})",
                             f"{s['p50_ms']:,.1f} / {s['p95_ms']:,.1f}"))
+            p = s["predict_chunk"]
+            rows.append(Row(f"{name} {label}: `predict_chunk` of the loaded checkpoint p50 / p95 (ms, n={p['n']})",
+                            f"{p['p50_ms']:,.1f} / {p['p95_ms']:,.1f}"))
         ref = min(m["samplers"], key=lambda k: m["samplers"][k]["p50_ms"])
         others = [f"{k} x{s['p50_ms'] / m['samplers'][ref]['p50_ms']:.1f}" for k, s in m["samplers"].items() if k != ref]
         if others:
@@ -87,7 +90,10 @@ def _infer(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
              "processes on the cores slow every row, multi-threaded runs most). Policies built from their configs "
              f"with random weights, conditioned as on `{r['task']}`: its state and {r['object_state_dim']}-d object "
              "state from one reset, its instruction, no cameras. Chunk latency = one `model.sample` call at batch 1 "
-             "(observation encoder, sampler built from its name, every denoiser call and update), after a warm-up "
+             "(observation encoder, sampler built from its name, every denoiser call and update); `predict_chunk` = "
+             "what a deployment calls on the same weights saved as a checkpoint and loaded with "
+             "`DiffusionPolicy.from_checkpoint` (observation history, normalisation, model inputs, sampling, "
+             "unnormalisation, the ActionChunk), timed in the same rounds; both after a warm-up "
              f"chunk with the same sampler at <= {cfg.warmup_steps} steps; a denoiser call is timed alone. Each case "
              f"times up to {cfg.repeats} chunks, stopping after {cfg.max_seconds:g} s once {cfg.min_repeats} are done"
              + (f", so these have fewer (their p95 is close to their max): {', '.join(heavy)}" if heavy else "")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from robot_policy.data.sampler import SequenceSampler
+from robot_policy.keys import EPISODE
 
 
 class TensorstoreReader:
@@ -82,6 +83,5 @@ class TensorstoreReader:
             blocks = [f.result() for f in futs]
             rel = idx - idx[:, :1]
             out[key] = np.stack([block[r] for block, r in zip(blocks, rel)])
-        out["action_is_pad"] = rows.action_is_pad
-        out["episode"] = rows.episode
+        out[EPISODE] = rows.episode
         return out

@@ -2,8 +2,8 @@
 
 A window is anchored at a step ``t`` of an episode. It holds observations at steps
 ``t - To + 1 .. t`` and actions at steps ``t .. t + Ta - 1``. Steps outside the episode are padded by
-repeating its first (observations) or last (actions) frame, so padding never reads another episode;
-``action_is_pad`` marks the repeated actions. Every step of every selected episode anchors one window.
+repeating its first (observations) or last (actions) frame, so padding never reads another episode
+(the repeated last action is a valid target: hold still at the end, as in Diffusion Policy). Every step of every selected episode anchors one window.
 
 Reads are vectorised over a batch of windows: from RAM a window batch is one numpy gather per key.
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robot_policy.data.store import EpisodeData
+from robot_policy.keys import EPISODE
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,11 @@ class WindowRows:
     Attributes:
         obs: (B, To) rows of the observation steps (edge-padded within the episode).
         action: (B, Ta) rows of the action steps (edge-padded within the episode).
-        action_is_pad: (B, Ta) True where the action repeats the episode's last one.
         episode: (B,) episode index of each window.
     """
 
     obs: np.ndarray
     action: np.ndarray
-    action_is_pad: np.ndarray
     episode: np.ndarray
 
 
@@ -74,9 +73,7 @@ class SequenceSampler:
         t = self.anchor[w][:, None]
         first, last = self._ep_first[w][:, None], self._ep_last[w][:, None]
         obs = np.clip(t + self._obs_offsets, first, last)
-        raw_act = t + self._act_offsets
-        return WindowRows(obs=obs, action=np.minimum(raw_act, last), action_is_pad=raw_act > last,
-                          episode=self.episode[w])
+        return WindowRows(obs=obs, action=np.minimum(t + self._act_offsets, last), episode=self.episode[w])
 
 
 def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,11 +95,10 @@ def gather_windows(data: EpisodeData, sampler: SequenceSampler, windows: np.ndar
     """Read a batch of windows from in-RAM (numpy) arrays.
 
     Returns ``key -> (B, To, ...)`` for ``obs_keys``, ``key -> (B, Ta, ...)`` for ``action_keys``, plus
-    ``action_is_pad`` (B, Ta) and ``episode`` (B,).
+    ``episode`` (B,).
     """
     rows = sampler.rows(windows)
     out = {key: data.data[key][rows.obs] for key in obs_keys}
     out.update({key: data.data[key][rows.action] for key in action_keys})
-    out["action_is_pad"] = rows.action_is_pad
-    out["episode"] = rows.episode
+    out[EPISODE] = rows.episode
     return out

@@ -17,6 +17,7 @@ from robot_policy.data import format as fmt
 from robot_policy.data.disk_reader import TensorstoreReader
 from robot_policy.data.sampler import SequenceSampler, gather_windows
 from robot_policy.data.store import EpisodeData, EpisodeStore
+from robot_policy.keys import ACTION_MASK, EPISODE, OBS_STATE_MASK
 
 
 class WindowBatchDataset(Dataset[dict[str, torch.Tensor]]):
@@ -76,9 +77,9 @@ class WindowBatchDataset(Dataset[dict[str, torch.Tensor]]):
             out.update(self._disk.gather(self.sampler, idx,
                                          tuple(k for k in self.obs_keys if k in self._disk.keys),
                                          tuple(k for k in self.action_keys if k in self._disk.keys)))
-        episode = out["episode"]
-        out["state_mask"] = self._state_mask[episode]
-        out["action_mask"] = self._action_mask[episode]
+        episode = out[EPISODE]
+        out[OBS_STATE_MASK] = self._state_mask[episode]
+        out[ACTION_MASK] = self._action_mask[episode]
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
 
 

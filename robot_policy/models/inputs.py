@@ -13,6 +13,7 @@ from torch import Tensor
 
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
+from robot_policy.keys import ACTION_MASK, CAMERA_PRESENT, CTRL_FREQ, LANGUAGE_ID, OBS_STATE_MASK
 from robot_policy.models.rdt import ModelInputs
 from robot_policy.models.text import TextEncoder
 
@@ -45,17 +46,17 @@ def make_model_inputs(batch: dict[str, Tensor], normalizer: Normalizer, language
     state = batch[fmt.STATE][:, -1].to(device)
     inputs = ModelInputs(
         state=normalizer.normalize(fmt.STATE, state),
-        state_mask=batch["state_mask"].to(device).float(),
-        action_mask=batch["action_mask"].to(device).float(),
-        ctrl_freq=batch["ctrl_freq"].to(device).float(),
+        state_mask=batch[OBS_STATE_MASK].to(device).float(),
+        action_mask=batch[ACTION_MASK].to(device).float(),
+        ctrl_freq=batch[CTRL_FREQ].to(device).float(),
     )
-    if language is not None and "language_id" in batch:
-        inputs.lang_tokens, inputs.lang_mask = language.lookup(batch["language_id"].to(device))
+    if language is not None and LANGUAGE_ID in batch:
+        inputs.lang_tokens, inputs.lang_mask = language.lookup(batch[LANGUAGE_ID].to(device))
     if fmt.OBJECT_STATE in batch:
         inputs.object_state = normalizer.normalize(fmt.OBJECT_STATE, batch[fmt.OBJECT_STATE].to(device).float())
     if "images" in batch:
         inputs.images = batch["images"].to(device).permute(0, 1, 2, 5, 3, 4)  # (B, To, V, 3, H, W) uint8
-        inputs.camera_present = batch["camera_present"].to(device)
+        inputs.camera_present = batch[CAMERA_PRESENT].to(device)
     return inputs
 
 
