@@ -1,3 +1,3 @@
-"""robot_policy: from teleoperated demonstrations on two arms to a policy running on the robot."""
+"""robot_policy: demonstrations on two arms -> an RDT-style diffusion policy (today: scripted sim demos, training, evaluation)."""
 
 __version__ = "0.1.0"

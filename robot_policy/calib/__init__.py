@@ -1,1 +1,1 @@
-"""Calibration: intrinsics, hand-eye, base-to-base."""
+"""Calibration (intrinsics, hand-eye, base-to-base): not built yet."""

@@ -1,1 +1,1 @@
-"""Deployment core with no ROS import: backends, chunk scheduler, safety filter, watchdog."""
+"""Deployment core with no ROS import (backends, chunk scheduler, safety filter, watchdog): not built yet."""

@@ -1,1 +1,1 @@
-"""Teleoperation devices and the recorder into the episode store."""
+"""Recording into the episode store (the recorder every source writes through); teleop devices: not built yet."""
