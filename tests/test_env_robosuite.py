@@ -98,10 +98,27 @@ def test_action_round_trip_is_a_hold(lift: RobosuiteTwoArmEnv) -> None:
     hold = lift.current_unified_action()
     for name in ("eef_pos", "eef_rot6d"):
         np.testing.assert_allclose(hold[slot(f"right_{name}")], obs[OBS_STATE][slot(f"right_{name}")], atol=1e-5)
-    assert hold[slot("right_gripper_open")][0] == pytest.approx(0.5)  # native 0: keep the finger command
+    assert hold[slot("right_gripper_open")][0] == pytest.approx(0.5)  # the finger command's target after reset
     for _ in range(5):
         obs, *_ = lift.step(hold)
     assert np.abs(obs[OBS_STATE][slot("right_eef_pos")] - hold[slot("right_eef_pos")]).max() < 2e-3
+
+
+def test_gripper_action_is_a_target_opening(lift: RobosuiteTwoArmEnv) -> None:
+    """A target opening between open and closed stops the fingers there (robosuite's command is sign-only)."""
+    from robot_policy.envs.robosuite_tasks import CLOSE_COMMAND, OPEN_COMMAND, gripper_command
+
+    assert gripper_command(0.08, 0.0) == OPEN_COMMAND and gripper_command(0.0, 0.0) == CLOSE_COMMAND
+    assert gripper_command(0.04, 0.0) == 0.0 and gripper_command(0.043, 0.0) == 0.0  # within half a step (4 mm)
+    obs, _ = lift.reset(seed=1)
+    for target in (0.3, 1.0):
+        for _ in range(20):
+            action = lift.current_unified_action()
+            action[slot("right_gripper_open")] = target
+            obs, *_ = lift.step(action)
+        assert lift.finger_command(0) == pytest.approx(2 * target - 1, abs=1e-9)
+        assert obs[OBS_STATE][slot("right_gripper_open")][0] == pytest.approx(target, abs=0.03)
+        assert obs[OBS_STATE][slot("left_gripper_open")][0] == pytest.approx(0.5, abs=0.03)  # held
 
 
 # ---- determinism and state restore --------------------------------------------------------------

@@ -156,6 +156,65 @@ def test_gripper_maps_to_opening_in_unit_range() -> None:
     assert u[slot("right_gripper_open")][0] == pytest.approx(0.0)
 
 
+def _gripper_fields(fmap) -> dict[str, object]:
+    return {f.slot: f for f in fmap.fields if f.slot.endswith("gripper_open")}
+
+
+@pytest.mark.parametrize("name", available_embodiments())
+def test_every_gripper_slot_is_the_opening_fully_open_1_closed_0(name: str) -> None:
+    """State and action alike: native fully open -> 1, closed -> 0, and back; the action is a target of the
+    very quantity the state measures (same native range), not a command with its own meaning."""
+    spec = load_embodiment(name)
+    for fmap in (spec.state, spec.action):
+        grippers = _gripper_fields(fmap)
+        assert grippers, f"{name}.{fmap.kind} has no gripper"
+        for slot_name, f in grippers.items():
+            closed, open_ = f.gripper
+            for native, opening in ((open_, 1.0), (closed, 0.0), ((open_ + closed) / 2, 0.5)):
+                values = {g.name: np.zeros(g.dim) if g.rotation is None else _identity(g.rotation)
+                          for g in fmap.fields}
+                values[f.name] = np.array([native])
+                u = fmap.to_unified(values)
+                assert u[slot(slot_name)][0] == pytest.approx(opening, abs=1e-12), (fmap.kind, f.name, native)
+                assert fmap.from_unified(u)[f.name][0] == pytest.approx(native, abs=1e-12)
+    state, action = _gripper_fields(spec.state), _gripper_fields(spec.action)
+    for slot_name, f in action.items():
+        assert slot_name in state, f"{name}: action {f.name} has no gripper state to be the target of"
+        assert f.gripper == state[slot_name].gripper, f"{name}.{f.name}: action range {f.gripper} != state's"
+
+
+def _identity(representation: str) -> np.ndarray:
+    return {"quat_xyzw": np.array([0, 0, 0, 1.0]), "quat_wxyz": np.array([1.0, 0, 0, 0]), "rotvec": np.zeros(3),
+            "matrix": np.eye(3).reshape(9), "rot6d": np.array([1.0, 0, 0, 0, 1.0, 0])}[representation]
+
+
+def test_gripper_slot_without_a_gripper_range_is_refused() -> None:
+    raw = _base_raw()
+    raw["action"]["gripper"] = {"slot": "right_gripper_open", "dim": 1}
+    with pytest.raises(SpecError, match=r"action\.gripper: slot 'right_gripper_open' is the gripper opening"):
+        EmbodimentSpec.from_dict(raw)
+
+
+def test_robosuite_expert_gripper_actions_are_openings(tmp_path) -> None:
+    """A real collected robosuite episode: the gripper action slots hold target openings in [0, 1] (the
+    expert opens fully and closes on the handles), and the state's opening follows them."""
+    pytest.importorskip("robosuite")
+    from robot_policy.data.store import EpisodeStore
+    from robot_policy.envs.registry import load_task_config
+    from robot_policy.pipelines.collect import CollectConfig, collect
+
+    collect(load_task_config("robosuite_two_arm_lift"), CollectConfig(episodes=1, out=str(tmp_path / "rs.zarr")),
+            progress=False)
+    data = EpisodeStore.open(tmp_path / "rs.zarr").load(["state", "action"])
+    for side in ("right", "left"):
+        g = slot(f"{side}_gripper_open").start
+        action, state = data.data["action"][:, g], data.data["state"][:, g]
+        assert action.min() >= 0.0 and action.max() <= 1.0
+        assert set(np.unique(action).tolist()) == {0.0, 1.0}  # open, then closed on the handle
+        first_close = int(np.argmax(action == 0.0))
+        assert state[first_close - 1] > 0.9 and 0.1 < state[-1] < 0.4  # open, then closed on a handle
+
+
 def test_unknown_embodiment_lists_available() -> None:
     with pytest.raises(SpecError, match="available: .*panda_bimanual_joint"):
         load_embodiment("ur5_dual")

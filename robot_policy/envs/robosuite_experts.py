@@ -3,8 +3,8 @@
 The expert reads the simulator (object poses, the hammer's geometry), plans a short sequence of stages in
 the world frame, and drives a *commanded* grip-site pose per arm towards each stage's goal at a bounded
 linear and angular speed. The command is turned into the unified action (absolute pose in the arm's base
-frame + gripper command) through the env's embodiment, so recorded actions are exactly what a learned
-policy must output.
+frame + target gripper opening, 1 open .. 0 closed) through the env's embodiment, so recorded actions are
+exactly what a learned policy must output.
 
 ``noise`` (metres, >= 0; 0 = noiseless; the constructor's default, ``DEFAULT_NOISE`` = 0.005 m, is the
 collection setting that ``make_expert(env, noise=None)`` picks):
@@ -27,14 +27,14 @@ from scipy.spatial.transform import Rotation
 
 from robot_policy.envs.base import Obs
 from robot_policy.envs.expert import ScriptedExpert, register_expert
-from robot_policy.envs.robosuite_tasks import ARMS, RobosuiteTwoArmEnv
+from robot_policy.envs.robosuite_tasks import ARMS, GRIPPER_SPEED, RobosuiteTwoArmEnv
 
 #: ``noise`` for demonstration collection (m); the expert's default.
 DEFAULT_NOISE = 0.005
-#: robosuite gripper commands (native): only the sign matters.
-OPEN, CLOSE = -1.0, 1.0
-#: Control steps the Panda gripper needs to ramp its command fully from open to closed (0.2 per step).
-GRIPPER_RAMP_STEPS = 10
+#: Target gripper openings (the unified gripper slot): fully open, closed.
+OPEN, CLOSE = 1.0, 0.0
+#: Control steps the Panda gripper needs to ramp its finger command fully from open to closed (range 2).
+GRIPPER_RAMP_STEPS = round(2.0 / GRIPPER_SPEED)
 _UP = np.array([0.0, 0.0, 1.0])
 
 
@@ -106,7 +106,8 @@ def rotation_angle(a: np.ndarray, b: np.ndarray) -> float:
 # ---- stages ---------------------------------------------------------------------------------------
 @dataclass
 class ArmGoal:
-    """Where one arm's commanded grip site should go: world position (m), world rotation (3, 3), gripper."""
+    """Where one arm's commanded grip site should go: world position (m), world rotation (3, 3), and the
+    target gripper opening (1 open .. 0 closed)."""
 
     pos: np.ndarray
     rot: np.ndarray
@@ -397,5 +398,6 @@ class RobosuiteTwoArmExpert(ScriptedExpert):
             base_pos, base_rot = self.env.base_pose(i)
             native[f"{side}_eef_pos"] = base_rot.T @ (pos - base_pos)
             native[f"{side}_eef_rotvec"] = Rotation.from_matrix(base_rot.T @ mat).as_rotvec()
-            native[f"{side}_gripper"] = np.array([self._goals[i].grip])
+            opening = np.array([self._goals[i].grip])  # the spec converts the opening to the native field
+            native[f"{side}_gripper"] = self.env.embodiment.action.get(f"{side}_gripper").from_unified(opening)
         return self.env.embodiment.action.to_unified(native).astype(np.float32)

@@ -15,8 +15,15 @@ arm's end-effector pose is the gripper's grip site (between the fingertips) expr
 frame (its link0 frame, which is the OSC's origin), in state and action alike. robosuite's default
 "opposed" layout puts robot0 at world y = -0.56 (lift) / -0.81 (handover) facing +y and robot1 mirrored;
 as the arms face each other, right/left is a naming convention (robot0 -> right slots), not a view from
-behind the arms. The gripper command is sign-only: robosuite ramps each finger command by 0.2 of its range
-per control step towards the commanded side (about 0.5 s from open to closed); 0 keeps it where it is.
+behind the arms.
+
+Gripper: the native action is the target finger separation (m, 0 closed .. 0.08 open), the same quantity as
+the state, so the unified slot is the target opening in [0, 1] in state and action alike. robosuite's Panda
+gripper takes a sign-only command (-1 open, +1 close, 0 keep) that moves its finger command (-1 closed ..
++1 open, the finger actuators' position target) by 0.2 per control step (0.5 s from open to closed); the env
+sends the sign that moves the finger command towards the target, and 0 once within half a step of it
+(:func:`gripper_command`). So the fingers reach any target opening to within 0.05 (4 mm of separation) at
+robosuite's own speed, and an expert commanding 1 and 0 drives robosuite exactly as -1/+1 commands would.
 
 Reset: the MuJoCo model is built once per env (``hard_reset=False``), so the scene geometry is fixed per env
 instance; robosuite's construction-time draws (e.g. the hammer's size, density and friction in
@@ -61,6 +68,33 @@ STATE_FIELDS: tuple[str, ...] = ("joint_pos", "gripper", "joint_vel", "eef_pos",
 _MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 _ARM_DOF = 7
 _GRIPPER_DOF = 2  # robosuite's Panda gripper keeps a 2-vector of ramped finger commands
+#: Finger joint separation (m) at robosuite's fully open finger command (each finger's actuator spans 0.04 m).
+GRIPPER_MAX_GAP = 0.08
+#: How far robosuite's Panda gripper moves its finger command (range -1 .. +1) per control step.
+GRIPPER_SPEED = 0.2
+#: robosuite's sign-only gripper commands.
+OPEN_COMMAND, CLOSE_COMMAND = -1.0, 1.0
+
+
+def gripper_command(target_gap: float, finger_command: float) -> float:
+    """The sign-only robosuite command that moves a Panda gripper towards a target finger separation.
+
+    Args:
+        target_gap: target finger joint separation, m; clipped to [0, ``GRIPPER_MAX_GAP``].
+        finger_command: the gripper's current finger command, -1 (closed) .. +1 (open); its actuators hold
+            the separation at ``GRIPPER_MAX_GAP * (1 + finger_command) / 2``.
+
+    Returns:
+        ``OPEN_COMMAND`` or ``CLOSE_COMMAND`` (one step of ``GRIPPER_SPEED`` towards the target), or 0 (keep)
+        when the finger command is within half a step of the target, so it settles instead of chattering.
+    """
+    target = 2.0 * float(np.clip(target_gap, 0.0, GRIPPER_MAX_GAP)) / GRIPPER_MAX_GAP - 1.0
+    error = target - finger_command
+    if error > GRIPPER_SPEED / 2:
+        return OPEN_COMMAND
+    if error < -GRIPPER_SPEED / 2:
+        return CLOSE_COMMAND
+    return 0.0
 
 
 def _object_targets_lift(env: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +325,11 @@ class RobosuiteTwoArmEnv(ManipulationEnv):
         q = self._data.qpos[self._finger_idx[arm]]
         return float(q[0] - q[1])
 
+    def finger_command(self, arm: int) -> float:
+        """robosuite's finger command of arm ``arm``'s gripper: -1 (closed) .. +1 (open), 0 after a reset."""
+        # robosuite resets the command to shape (1,) and keeps (c, -c) for the two fingers after a step.
+        return float(np.ravel(self._robots[arm].gripper["right"].current_action)[0])
+
     # ---- simulator hooks ------------------------------------------------------------------------
     def _reset_sim(self, rng: np.random.Generator) -> None:
         rnd = self.task.randomization
@@ -341,8 +380,12 @@ class RobosuiteTwoArmEnv(ManipulationEnv):
                 controller.new_update = True
 
     def _apply_native_action(self, action: dict[str, np.ndarray]) -> None:
-        flat = np.concatenate([np.ravel(action[f"{side}_{name}"]) for side in ARMS for name in ACTION_FIELDS])
-        self._rs.step(flat)
+        parts: list[np.ndarray] = []
+        for i, side in enumerate(ARMS):
+            target_gap = float(np.ravel(action[f"{side}_gripper"])[0])
+            command = gripper_command(target_gap, self.finger_command(i))
+            parts += [np.ravel(action[f"{side}_eef_pos"]), np.ravel(action[f"{side}_eef_rotvec"]), np.array([command])]
+        self._rs.step(np.concatenate(parts))
         # mj_step leaves positions integrated but kinematics from before the last substep; observations,
         # success and rendering read the kinematics, so bring them up to date.
         mujoco.mj_forward(self._model, self._data)
@@ -376,7 +419,8 @@ class RobosuiteTwoArmEnv(ManipulationEnv):
             pos, mat = self.eef_pose_base(i)
             out[f"{side}_eef_pos"] = pos
             out[f"{side}_eef_rotvec"] = rot.matrix_to_rotvec(mat)
-            out[f"{side}_gripper"] = np.zeros(1)  # robosuite's gripper keeps its finger command on 0
+            # The separation the finger command already targets: gripper_command keeps it (sends 0).
+            out[f"{side}_gripper"] = np.array([GRIPPER_MAX_GAP * (1.0 + self.finger_command(i)) / 2.0])
         return out
 
     def is_success(self) -> bool:

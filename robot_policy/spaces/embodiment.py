@@ -15,7 +15,10 @@ A spec is YAML in ``configs/embodiment/<name>.yaml``::
 
 Field transforms, native -> unified:
   * plain: copied into the first ``dim`` slots of the region (exact both ways);
-  * ``gripper: {closed, open}``: affine map to the opening in [0, 1] (1 = open);
+  * ``gripper: {closed, open}``: affine map to the opening in [0, 1] (1 = open, 0 = closed), required on a
+    ``*_gripper_open`` slot. State and action mean the same there (the action is the target opening); a
+    gripper driven by a signed or binary command takes a target in its env, which converts (see
+    ``robosuite_tasks.gripper_command``);
   * ``rotation: <repr>``: any representation in :data:`rotation.REPRESENTATIONS` -> 6D.
 
 Conversions accept arbitrary leading batch dims and return float64.
@@ -132,6 +135,11 @@ def _parse_field(name: str, raw: Any, where: str) -> FieldSpec:
             raise SpecError(f"{at}: gripper closed and open are both {gripper[0]}")
         if dim != 1:
             raise SpecError(f"{at}: a gripper opening has dim 1, spec says {dim}")
+    if slot_name.endswith("gripper_open") and gripper is None:
+        # The slot is an opening in [0, 1] for every embodiment; a raw native value (a width, a signed
+        # command) copied in would give it a second meaning.
+        raise SpecError(f"{at}: slot {slot_name!r} is the gripper opening in [0, 1]; give "
+                        "'gripper: {closed: <native>, open: <native>}' to map the native value onto it")
     if rotation is None and dim > slot_width(slot_name):
         raise SpecError(f"{at}: dim {dim} does not fit slot {slot_name!r} of width {slot_width(slot_name)}")
     return FieldSpec(name=name, slot=slot_name, dim=dim, rotation=rotation, gripper=gripper,
