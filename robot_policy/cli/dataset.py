@@ -3,8 +3,10 @@
   info PATH               episodes, steps, keys, cameras, embodiment, provenance
   stats PATH [--out F]    per-dimension mean/std/min/max/q01/q99 of state, action (and object_state);
                           --out writes them as JSON
-  validate PATH           check everything the reader relies on; exit 1 listing each problem
-                          (key and index), 0 when valid (warnings are printed but do not fail)
+  validate PATH [--deep]  check everything the reader relies on (metadata, index, shapes, a chunk file for
+                          every committed row, values); exit 1 listing each problem (key and index), 0 when
+                          valid (warnings are printed but do not fail). --deep also recomputes each
+                          episode's content hash and names the episodes whose rows changed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main(argv: list[str]) -> int:
             p.add_argument("--out", type=Path, default=None, help="write the stats as JSON here")
         if name == "validate":
             p.add_argument("--no-values", action="store_true", help="skip the scans of array contents")
+            p.add_argument("--deep", action="store_true",
+                           help="recompute every episode's content hash (reads all data, images included)")
     args = parser.parse_args(argv)
     if not args.path.exists():
         return fail(f"{args.path}: no such store")
@@ -103,7 +107,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from robot_policy.data.validate import validate_store
 
-    problems = validate_store(args.path, check_values=not args.no_values)
+    problems = validate_store(args.path, check_values=not args.no_values, deep=args.deep)
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         print(p)

@@ -1,8 +1,9 @@
 """StreamingEpisodeWriter: record an episode step by step, commit it atomically at the end.
 
 Camera frames go to disk while recording, in blocks of ``IMAGE_WRITE_BLOCK`` frames written by a
-background thread (a recording loop must not stall on compression); low-dim rows are small and stay in
-RAM until ``commit``. Until the commit, everything written is an uncommitted tail that readers never see;
+background thread (a recording loop must not stall on compression, hashing or fsync); low-dim rows are
+small and stay in RAM until ``commit``. The thread also feeds the frames to the episode's content hash
+and fsyncs each block (when the store fsyncs), so the commit only syncs the low-dim rows. Until the commit, everything written is an uncommitted tail that readers never see;
 a crash loses only the episode in flight.
 
     with store.stream_episode(language="lift the bar") as ep:
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from robot_policy.data import format as fmt
+from robot_policy.data.store import fault_point
 
 if TYPE_CHECKING:
     from robot_policy.data.store import EpisodeStore
@@ -48,6 +50,8 @@ class StreamingEpisodeWriter:
         self._image_block: dict[str, list[np.ndarray]] = {}
         self._keys: set[str] | None = None
         self._steps = 0
+        # images are hashed by the writer thread, low-dim rows at commit: disjoint keys, never concurrent
+        self._hasher = fmt.ContentHasher()
         self._last_timestamp = -np.inf
         self._closed = False
         self._error: BaseException | None = None
@@ -111,7 +115,9 @@ class StreamingEpisodeWriter:
             meta = {**self._meta, fmt.SUCCESS: -1 if success is None else int(bool(success))}
             self.store.check_masked_zero(lowdim[fmt.STATE], lowdim[fmt.ACTION], meta)
             for key, rows in lowdim.items():
+                self._hasher.update(key, rows, self.store.stored_dtype(key, rows))
                 self.store.write_rows(key, self._start, rows)
+            meta[fmt.CONTENT_HASH] = self._hasher.hexdigest()
             index = self.store.commit_episode(self._steps, meta)
         except BaseException:
             self.store.discard_tail()
@@ -163,6 +169,9 @@ class StreamingEpisodeWriter:
             key, first, frames = item
             try:
                 self.store.write_rows(key, first, frames)
+                self._hasher.update(key, frames, np.dtype(np.uint8))
+                self.store.sync_written([key])
+                fault_point("image_block_written")
             except BaseException as e:  # noqa: BLE001  # any failure is surfaced to the recording thread
                 self._error = e
 

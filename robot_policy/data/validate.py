@@ -3,7 +3,12 @@
 Independent of :class:`EpisodeStore` (which refuses to open a broken store): it opens the zarr arrays
 directly and keeps going after a problem, so one run reports all of them, each naming the key and, where
 there is one, the index. Errors make the store unreadable or its data wrong; warnings are leftovers of an
-interrupted writer that readers ignore and the next writer repairs.
+interrupted writer that readers ignore and the next writer repairs, things a v1 store cannot prove
+(missing hashes, absent chunks that may be all zeros), and duplicated seeds.
+
+Always checked: metadata that parses, attrs, the index, array shapes and dtypes, a chunk file for every
+committed row, and (unless ``check_values=False``) NaN/Inf, masks and timestamps. ``deep=True`` also
+recomputes every episode's content hash from its rows (reads everything, images included).
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ import numpy as np
 import zarr
 
 from robot_policy.data import format as fmt
-from robot_policy.data.store import committed_episode_ends
+from robot_policy.data.store import committed_episode_ends, corrupt_metadata, missing_chunks
 from robot_policy.spaces.embodiment import EmbodimentSpec, SpecError
 from robot_policy.spaces.unified import UNIFIED_DIM, describe_index
 
 #: rows scanned per read when checking values (bounded memory on large stores)
 _SCAN_ROWS = 65536
+#: rows read per call when hashing an episode (bounds memory on image keys: 256 x 224x224x3 ~ 38 MB)
+_HASH_ROWS = 256
+#: problems of one kind listed per array before the rest are counted in one line
+_MAX_LISTED = 10
 
 
 @dataclass(frozen=True)
@@ -48,19 +57,26 @@ class _Report:
         self.problems.append(Problem("warning", key, message, index))
 
 
-def validate_store(path: str | Path, check_values: bool = True) -> list[Problem]:
+def validate_store(path: str | Path, check_values: bool = True, deep: bool = False) -> list[Problem]:
     """Every problem in the store at ``path``; an empty list means valid.
 
-    ``check_values=False`` skips the scans of array contents (NaN/Inf, masks, timestamps).
+    ``check_values=False`` skips the scans of array contents (NaN/Inf, masks, timestamps); ``deep=True``
+    recomputes each episode's content hash and reports the episodes whose rows differ from it.
     """
     path = Path(path)
     report = _Report()
+    bad_metadata = corrupt_metadata(path) if path.is_dir() else []
+    for file, why in bad_metadata:
+        report.error(str(file.relative_to(path)), f"corrupt zarr metadata: {why}")
+    if bad_metadata:
+        return report.problems  # zarr cannot list a group holding a node it cannot parse
     try:
         root = zarr.open_group(str(path), mode="r", zarr_format=3)
     except Exception as e:  # noqa: BLE001  # zarr raises several types for a missing or foreign store
         report.error("/", f"cannot open as a zarr v3 group: {e}")
         return report.problems
-    spec, cameras = _check_attrs(dict(root.attrs), report)
+    attrs = dict(root.attrs)
+    spec, cameras = _check_attrs(attrs, report)
     ends = _check_episode_ends(root, report)
     if ends is None:
         return report.problems
@@ -70,10 +86,17 @@ def validate_store(path: str | Path, check_values: bool = True) -> list[Problem]
         report.error("data", "group is missing")
         return report.problems
     arrays = dict(_arrays(data))
-    _check_data_arrays(arrays, cameras, n_steps, report)
+    _check_data_arrays(arrays, cameras, n_steps, n_episodes, report)
     masks = _check_meta_arrays(root, n_episodes, spec, report)
+    version = attrs.get("format_version")
+    complete = isinstance(version, int) and version >= fmt.COMPLETE_CHUNKS_VERSION
+    _check_chunks(path, root, arrays, ends, complete, report)
+    _check_seeds(root, n_episodes, report)
+    hashes = _check_hashes_present(root, n_episodes, report)
     if check_values:
         _check_values(arrays, ends, masks, report)
+    if deep and hashes is not None:
+        _check_hashes(arrays, ends, hashes, report)
     return report.problems
 
 
@@ -145,9 +168,11 @@ def _check_episode_ends(root: zarr.Group, report: _Report) -> np.ndarray | None:
     return ends
 
 
-def _check_data_arrays(arrays: dict[str, zarr.Array], cameras: dict[str, Any], n_steps: int, report: _Report) -> None:
+def _check_data_arrays(arrays: dict[str, zarr.Array], cameras: dict[str, Any], n_steps: int, n_episodes: int,
+                       report: _Report) -> None:
     for key in fmt.REQUIRED_DATA:
-        if key not in arrays:
+        # an empty store has no arrays yet: its first episode creates them
+        if key not in arrays and n_episodes:
             report.error(f"data/{key}", "required array is missing")
     for key, (dtype, tail) in fmt.FIXED_DATA.items():
         arr = arrays.get(key)
@@ -158,6 +183,8 @@ def _check_data_arrays(arrays: dict[str, zarr.Array], cameras: dict[str, Any], n
     for name, cam in cameras.items():
         key = fmt.image_key(name)
         if key not in arrays:
+            if not n_episodes:
+                continue
             report.error(f"data/{key}", f"camera {name!r} is in attrs.cameras but has no array")
             continue
         arr = arrays[key]
@@ -249,3 +276,89 @@ def _check_values(arrays: dict[str, zarr.Array], ends: np.ndarray, masks: dict[s
                 row = int(bad[0]) + 1
                 report.error("data/timestamp", f"not strictly increasing within episode "
                              f"{int(episode_of_row[row])}: {ts[row - 1]!r} -> {ts[row]!r}", row)
+
+
+def _check_chunks(path: Path, root: zarr.Group, arrays: dict[str, zarr.Array], ends: np.ndarray, complete: bool,
+                  report: _Report) -> None:
+    """A chunk file for every committed row of every array: an absent chunk reads as the fill value."""
+    n_steps, n_episodes = (int(ends[-1]) if ends.size else 0), int(ends.size)
+    targets: list[tuple[str, zarr.Array, int]] = [(f"data/{k}", a, n_steps) for k, a in sorted(arrays.items())]
+    for key in [fmt.EPISODE_ENDS, *fmt.EPISODE_META, *fmt.OPTIONAL_META]:
+        arr = _get(root, f"meta/{key}")
+        if isinstance(arr, zarr.Array):
+            targets.append((f"meta/{key}", arr, n_episodes))
+    for name, arr, n in targets:
+        if arr.ndim == 0 or arr.shape[0] < n:
+            continue  # reported as truncated
+        gone = missing_chunks(path / name, arr, n)
+        for chunk, a, b in gone[:_MAX_LISTED]:
+            where = f"rows {a}-{b - 1}"
+            if name.startswith("data/"):
+                first, last = np.searchsorted(ends, [a, b - 1], side="right")
+                where += f", episode {first}" if first == last else f", episodes {first}-{last}"
+            else:
+                where = f"episodes {a}-{b - 1}"
+            if complete:
+                report.error(name, f"chunk file {chunk} is missing ({where}): readers would see zeros", a)
+            else:
+                report.warning(name, f"chunk file {chunk} is absent ({where}): a format v1 store skips chunks "
+                               "that are all zeros, so this is either zeros or lost data", a)
+        if len(gone) > _MAX_LISTED:
+            (report.error if complete else report.warning)(name, f"{len(gone) - _MAX_LISTED} more chunk files "
+                                                                 "are missing")
+
+
+def _check_seeds(root: zarr.Group, n_episodes: int, report: _Report) -> None:
+    """Warn on a seed recorded by several episodes (a resumed collect that restarted its seeds)."""
+    arr = _get(root, f"meta/{fmt.SEED}")
+    if not isinstance(arr, zarr.Array) or arr.shape[0] < n_episodes or arr.dtype.kind not in "iu":
+        return
+    seeds = np.asarray(arr[:n_episodes])
+    values, counts = np.unique(seeds[seeds != -1], return_counts=True)
+    dups = values[counts > 1]
+    for seed in dups[:_MAX_LISTED]:
+        episodes = np.flatnonzero(seeds == seed).tolist()
+        report.warning(f"meta/{fmt.SEED}", f"seed {int(seed)} is recorded by episodes {episodes} "
+                       "(duplicated demonstrations?)", episodes[0])
+    if dups.size > _MAX_LISTED:
+        report.warning(f"meta/{fmt.SEED}", f"{dups.size - _MAX_LISTED} more seeds are duplicated")
+
+
+def _check_hashes_present(root: zarr.Group, n_episodes: int, report: _Report) -> np.ndarray | None:
+    """The (E,) content hashes, warning on episodes without one; None if the store records none."""
+    key = f"meta/{fmt.CONTENT_HASH}"
+    arr = _get(root, key)
+    if not isinstance(arr, zarr.Array):
+        if n_episodes:
+            report.warning(key, "missing: the store was written before content hashes (--deep cannot check it)")
+        return None
+    if arr.shape[0] < n_episodes:
+        report.error(key, f"has {arr.shape[0]} entries for {n_episodes} episodes")
+        return None
+    hashes = np.asarray(arr[:n_episodes], dtype=object)
+    unhashed = [i for i, h in enumerate(hashes) if not h]
+    if unhashed:
+        report.warning(key, f"{len(unhashed)} episode(s) have no content hash (written before hashes): "
+                       f"{unhashed[:_MAX_LISTED]}{' ...' if len(unhashed) > _MAX_LISTED else ''}", unhashed[0])
+    return hashes
+
+
+def _check_hashes(arrays: dict[str, zarr.Array], ends: np.ndarray, hashes: np.ndarray, report: _Report) -> None:
+    """Recompute each hashed episode's content hash from its rows (every data key, images included)."""
+    key = f"meta/{fmt.CONTENT_HASH}"
+    n_steps = int(ends[-1]) if ends.size else 0
+    if any(a.ndim == 0 or a.shape[0] < n_steps for a in arrays.values()):
+        return  # truncated arrays are reported already; their episodes cannot be read
+    start = 0
+    for index, end in enumerate(ends.tolist()):
+        if hashes[index]:
+            hasher = fmt.ContentHasher()
+            for name, arr in sorted(arrays.items()):
+                for lo in range(start, end, _HASH_ROWS):
+                    hasher.update(name, np.asarray(arr[lo: min(lo + _HASH_ROWS, end)]), np.dtype(arr.dtype))
+            got = hasher.hexdigest()
+            if got != hashes[index]:
+                report.error(key, f"episode {index} (rows {start}-{end - 1}) differs from the content hash "
+                             f"written at its commit: stored {str(hashes[index])[:12]}..., rows hash to "
+                             f"{got[:12]}...", index)
+        start = end

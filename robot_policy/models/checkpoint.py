@@ -8,8 +8,18 @@
       train_state.json     optimiser hyper-parameters and the scalar parts of its state, LR schedule
     run/checkpoints/latest -> step_0001000     (a symlink, replaced atomically)
 
-A checkpoint is written into ``step_<step>.tmp-<pid>`` and renamed into place, so a crash leaves either
-the previous checkpoint or the new one, never half of one.
+Replacing a checkpoint never leaves a moment without a valid one (``latest`` is the commit point):
+
+1. write every file into ``step_<step>.tmp-<pid>``, fsync the files and the directory;
+2. rename it to a step directory no one else uses (``step_<step>``, or ``step_<step>.<n>`` when that step was
+   saved before, e.g. on SIGINT right after a periodic save) and fsync ``checkpoints/``;
+3. point ``latest`` at it (a new symlink renamed over the old one) and fsync ``checkpoints/``;
+4. only then prune: older step directories are renamed to ``*.trash-<pid>`` (never seen half-deleted under
+   a checkpoint's name) and deleted, with leftovers of crashed writers.
+
+Readers follow ``latest``, and when it is missing or points at an incomplete directory (deleted files),
+the newest complete step directory. Every step has a fault point (``ROBOT_POLICY_FAULT``, see
+:data:`robot_policy.data.store.FAULT_POINTS`) for the crash tests.
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +37,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from robot_policy import __version__
+from robot_policy.data.store import fault_point, fsync_path
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
 LATEST = "latest"
+#: files a checkpoint cannot be loaded without (the train state is only needed to resume)
+REQUIRED = (CONFIG, MODEL)
+#: a complete checkpoint's directory name: step_<step>, or step_<step>.<n> for the n-th re-save of a step
+_STEP_DIR = re.compile(r"^step_(\d+)(?:\.(\d+))?$")
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint that is missing or cannot be read; the message names the file, on one line."""
 
 
 def versions() -> dict[str, str]:
@@ -75,53 +92,119 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], plain: dict[str, Any])
 
 def save_checkpoint(run_dir: Path, step: int, config: dict[str, Any], model_state: dict[str, torch.Tensor],
                     train_tensors: dict[str, torch.Tensor] | None = None,
-                    train_json: dict[str, Any] | None = None, keep_last: int = 3) -> Path:
-    """Write ``run_dir/checkpoints/step_<step>`` atomically, point ``latest`` at it, prune old ones."""
+                    train_json: dict[str, Any] | None = None, keep_last: int = 3, fsync: bool = True) -> Path:
+    """Write a checkpoint of ``step`` under ``run_dir/checkpoints`` (see the module docstring for the
+    replace protocol), point ``latest`` at it, prune all but the ``keep_last`` newest. Returns its dir.
+
+    ``fsync=False`` skips the fsyncs (a crash of the machine, not the process, may then lose it).
+    """
     ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step_{step:07d}"
-    tmp = ckpt_root / f"{final.name}.tmp-{os.getpid()}"
+    if not ckpt_root.is_dir():
+        ckpt_root.mkdir(parents=True)
+        if fsync:
+            fsync_path(ckpt_root.parent)
+    tmp = ckpt_root / f"step_{step:07d}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(_contiguous(model_state), str(tmp / MODEL))
+    fault_point("checkpoint_files_partial")
     meta = {**config, "step": step, "versions": versions()}
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
     if train_tensors is not None:
         save_file(_contiguous(train_tensors), str(tmp / TRAIN_STATE))
         (tmp / TRAIN_STATE_JSON).write_text(json.dumps(train_json or {}, indent=1))
-    for f in tmp.iterdir():  # data on disk before the rename makes it visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if fsync:  # data on disk before the rename makes it visible
+        for f in tmp.iterdir():
+            fsync_path(f)
+        fsync_path(tmp)
+    fault_point("checkpoint_tmp_complete")
+    final = _unused_step_dir(ckpt_root, step)
+    os.rename(tmp, final)
+    if fsync:
+        fsync_path(ckpt_root)
+    fault_point("checkpoint_renamed")
     link_tmp = ckpt_root / f".{LATEST}.tmp-{os.getpid()}"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
     link_tmp.symlink_to(final.name)
-    os.replace(link_tmp, ckpt_root / LATEST)
-    _prune(ckpt_root, keep_last)
+    os.replace(link_tmp, ckpt_root / LATEST)  # the commit point: atomic on POSIX
+    if fsync:
+        fsync_path(ckpt_root)
+    fault_point("checkpoint_latest_updated")
+    _prune(ckpt_root, keep_last, final)
     return final
 
 
-def _prune(ckpt_root: Path, keep_last: int) -> None:
-    done = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and ".tmp-" not in p.name)
-    for old in done[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_root.glob("step_*.tmp-*"):  # left by a crash mid-write
-        if stale.name.rsplit("-", 1)[-1] != str(os.getpid()):
-            shutil.rmtree(stale, ignore_errors=True)
+def _unused_step_dir(ckpt_root: Path, step: int) -> Path:
+    """``step_<step>``, or the next ``step_<step>.<n>`` when a checkpoint of that step exists: the directory
+    ``latest`` may point at is never replaced in place."""
+    final = ckpt_root / f"step_{step:07d}"
+    n = 0
+    while final.exists() or final.is_symlink():
+        n += 1
+        final = ckpt_root / f"step_{step:07d}.{n}"
+    return final
+
+
+def _step_dirs(ckpt_root: Path) -> list[Path]:
+    """Directories named like checkpoints (complete or not), oldest first: by step, then re-save number."""
+    found = []
+    for p in ckpt_root.glob("step_*"):
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and not p.is_symlink():
+            found.append(((int(m.group(1)), int(m.group(2) or 0)), p))
+    return [p for _, p in sorted(found)]
+
+
+def is_complete(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds every file a load needs (a checkpoint dir only appears complete; one that is
+    not was damaged after the fact, or half-deleted by hand)."""
+    return all((ckpt / name).is_file() for name in REQUIRED)
+
+
+def _prune(ckpt_root: Path, keep_last: int, current: Path) -> None:
+    """Delete all but the ``keep_last`` newest steps (a step re-saved keeps only its newest directory), and
+    what crashed writers left; never ``current``, which ``latest`` points at."""
+    newest: dict[int, Path] = {}
+    for p in _step_dirs(ckpt_root):
+        m = _STEP_DIR.match(p.name)
+        assert m is not None
+        newest[int(m.group(1))] = p  # later re-saves win
+    keep = {current}
+    if keep_last > 0:
+        keep |= {newest[s] for s in sorted(newest)[-keep_last:]}
+    else:
+        keep |= set(newest.values())
+    doomed = [p for p in _step_dirs(ckpt_root) if p not in keep]
+    for old in doomed:
+        trash = old.with_name(f"{old.name}.trash-{os.getpid()}")
+        os.rename(old, trash)  # atomic: no half-deleted directory keeps a checkpoint's name
+        fault_point("checkpoint_pruning")
+        shutil.rmtree(trash, ignore_errors=True)
+    # Left by crashed writers (one writer per run: this one's own temp dir was renamed already).
+    for stale in [*ckpt_root.glob("step_*.tmp-*"), *ckpt_root.glob("step_*.trash-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    for link in ckpt_root.glob(f".{LATEST}.tmp-*"):
+        link.unlink(missing_ok=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint under ``run_dir/checkpoints``, or None."""
+    """The checkpoint ``latest`` points at under ``run_dir/checkpoints``; if that is missing or incomplete,
+    the newest complete step directory (with a warning); None if there is none."""
     ckpt_root = Path(run_dir) / "checkpoints"
     link = ckpt_root / LATEST
     if link.exists():
-        return link.resolve()
-    done = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and ".tmp-" not in p.name)
-    return done[-1] if done else None
+        target = link.resolve()
+        if is_complete(target):
+            return target
+    done = [p for p in _step_dirs(ckpt_root) if is_complete(p)]
+    if not done:
+        return None
+    if link.is_symlink():
+        warnings.warn(f"{link} points at {os.readlink(link)}, which is missing or incomplete; using {done[-1].name}",
+                      stacklevel=2)
+    return done[-1].resolve()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -136,22 +219,40 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint file ({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint file (expected a JSON object, got {type(value).__name__})")
+    return value
+
+
+def _read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # noqa: BLE001  # safetensors raises its own error type (and OSError) for a bad file
+        why = " ".join(str(e).split())  # one line
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {why})") from None
+
+
 def load_config(ckpt: Path) -> dict[str, Any]:
     path = Path(ckpt) / CONFIG
     if not path.exists():
         raise CheckpointError(f"{ckpt}: no {CONFIG}")
-    return json.loads(path.read_text())
+    return _read_json(path)
 
 
 def load_model_state(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     path = Path(ckpt) / MODEL
     if not path.exists():
         raise CheckpointError(f"{ckpt}: no {MODEL}")
-    return load_file(str(path), device=str(device))
+    return _read_safetensors(path, str(device))
 
 
 def load_train_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     t, j = Path(ckpt) / TRAIN_STATE, Path(ckpt) / TRAIN_STATE_JSON
     if not t.exists() or not j.exists():
         raise CheckpointError(f"{ckpt}: no training state to resume from ({TRAIN_STATE}, {TRAIN_STATE_JSON})")
-    return load_file(str(t)), json.loads(j.read_text())
+    return _read_safetensors(t), _read_json(j)
