@@ -1,9 +1,11 @@
-"""The zarr episode store: round trips, input checks, commit protocol, crash safety, validation."""
+"""The zarr episode store: round trips, input checks, commit protocol, crash safety, validation, integrity
+(chunk files, content hashes, corrupt metadata). Crashes at exact fault points are in test_faults.py."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -225,8 +227,8 @@ def test_sigkill_mid_episode_keeps_every_committed_episode(tmp_path: Path) -> No
     path = tmp_path / "crash.zarr"
     new_store(path).close()
     seeds: list[int] = []
-    # First a kill in the middle of an episode (after some image blocks hit the disk), then kills at
-    # arbitrary moments, which sometimes land inside a commit.
+    # First a kill in the middle of an episode (before its first image block), then kills at arbitrary
+    # moments. Timing cannot aim at the hard states; test_faults.py kills at each of them.
     rng = np.random.default_rng(0)
     for trial, kill_mid in enumerate([3, None, None, None]):
         first_seed = 1000 * (trial + 1)
@@ -316,3 +318,114 @@ def test_validate_reports_every_problem_at_once(tmp_path: Path) -> None:
     zarr.open_array(str(path / "data/action"), mode="r+")[1, 100] = 0.5  # base_vel: not in the action mask
     keys = {p.key for p in validate_store(path) if p.severity == "error"}
     assert keys == {"data/state", "data/action"}
+
+
+# ---- integrity: chunk files, content hashes, corrupt metadata ---------------------------------------
+
+def _long_store(path: Path) -> Path:
+    """Three 100-step episodes: data/action has chunks c/0/0 (rows 0-255) and c/1/0 (rows 256-299)."""
+    with new_store(path) as store:
+        for i in range(3):
+            store.add_episode(make_episode(i, length=100), seed=i)
+    return path
+
+
+def test_every_chunk_is_written_even_all_zero_ones(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    zero = {k: np.zeros_like(v) for k, v in make_episode(0, length=30).items()}
+    zero["timestamp"] = np.arange(30) / 20.0
+    with new_store(path) as store:
+        store.add_episode(zero)
+    with EpisodeStore.open(path, mode="a") as store:  # handles opened later write empty chunks too
+        stream(store, {**zero, "timestamp": zero["timestamp"] + 10})
+    for key in ("state", "object_state"):
+        assert (path / f"data/{key}/c/0/0").is_file()
+    assert all((path / f"data/images/front/c/{i}/0/0/0").is_file() for i in range(60))
+    assert validate_store(path, deep=True) == []
+
+
+def test_missing_chunk_is_reported_with_key_and_rows_and_refused_by_readers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _long_store(tmp_path / "s.zarr")
+    (path / "data/action/c/1/0").unlink()
+    (path / "data/images/front/c/5/0/0/0").unlink()
+    code, out = _validate_cli(path, capsys)
+    assert code == 1
+    assert "error: data/action[256]: chunk file c/1/0 is missing (rows 256-299, episode 2): readers would see " \
+           "zeros" in out
+    assert "error: data/images/front[5]: chunk file c/5/0/0/0 is missing (rows 5-5, episode 0)" in out
+    with pytest.raises(StoreError, match=r"2 chunk file\(s\) of committed episodes are missing: "
+                       r"data/action/c/1/0 \(rows 256-299\), data/images/front/c/5/0/0/0 \(rows 5-5\)"):
+        EpisodeStore.open(path)
+    assert cli_main(["dataset", "info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data/action/c/1/0" in err
+
+
+def test_deep_validate_names_the_episode_whose_rows_changed(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = _long_store(tmp_path / "s.zarr")
+    arr = zarr.open_array(str(path / "data/object_state"), mode="r+")
+    arr[150, 2] += 1e-3  # finite, in a free-form key: no other check can see it
+    assert validate_store(path) == []
+    assert cli_main(["dataset", "validate", "--deep", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "error: meta/content_hash[1]: episode 1 (rows 100-199) differs from the content hash written at " \
+           "its commit" in out
+
+
+def test_streamed_and_whole_episodes_hash_alike(tmp_path: Path) -> None:
+    with new_store(tmp_path / "s.zarr") as store:
+        store.add_episode(make_episode(4))
+        stream(store, {**make_episode(4), "timestamp": make_episode(4)["timestamp"]})
+        hashes = store.content_hashes()
+    assert len(hashes) == 2 and hashes[0] == hashes[1] and len(hashes[0]) == 64
+
+
+@pytest.mark.parametrize("node", ["zarr.json", "data/state/zarr.json", "meta/episode_ends/zarr.json"])
+def test_truncated_zarr_json_is_one_line_naming_the_file(tmp_path: Path, node: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = _valid_store(tmp_path / "s.zarr")
+    f = path / node
+    f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(StoreError, match=f"^{f}: corrupt zarr metadata \\(JSONDecodeError: "):
+        EpisodeStore.open(path)
+    code, out = _validate_cli(path, capsys)
+    assert code == 1 and f"error: {node}: corrupt zarr metadata: JSONDecodeError" in out
+    assert cli_main(["dataset", "info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"robot-policy: {f}: corrupt zarr metadata") and err.count("\n") == 1
+
+
+def test_v1_store_warns_and_gets_hashes_from_now_on(tmp_path: Path) -> None:
+    path = _valid_store(tmp_path / "s.zarr")
+    zarr.open_group(str(path), mode="r+").attrs["format_version"] = 1  # as written before v2
+    shutil.rmtree(path / "meta/content_hash")
+    (path / "data/object_state/c/0/0").unlink()  # v1 skipped all-zero chunks: absent may mean zeros
+    problems = validate_store(path, deep=True)
+    assert [p.severity for p in problems] == ["warning", "warning"], problems
+    assert "a format v1 store skips chunks that are all zeros" in problems[0].message
+    assert "written before content hashes" in problems[1].message
+    EpisodeStore.open(path).close()  # readers cannot tell either: no refusal
+    with EpisodeStore.open(path, mode="a") as store:
+        store.add_episode(make_episode(8))
+        assert store.content_hashes().tolist()[:3] == ["", "", ""] and store.content_hashes()[3]
+    problems = validate_store(path, deep=True)
+    assert [(p.severity, p.index) for p in problems] == [("warning", 0)], problems
+    assert "3 episode(s) have no content hash" in problems[0].message
+
+
+def test_duplicate_seeds_are_a_warning_naming_the_episodes(tmp_path: Path) -> None:
+    with new_store(tmp_path / "s.zarr") as store:
+        for i, seed in enumerate([0, 1, 0, -1, -1, 1, 2]):
+            store.add_episode(make_episode(i), seed=seed)
+    problems = validate_store(tmp_path / "s.zarr")
+    assert [str(p) for p in problems] == [
+        "warning: meta/seed[0]: seed 0 is recorded by episodes [0, 2] (duplicated demonstrations?)",
+        "warning: meta/seed[1]: seed 1 is recorded by episodes [1, 5] (duplicated demonstrations?)"]
+
+
+def test_an_empty_store_is_valid_and_opens_for_append(tmp_path: Path) -> None:
+    new_store(tmp_path / "s.zarr").close()
+    assert validate_store(tmp_path / "s.zarr") == []
+    EpisodeStore.open(tmp_path / "s.zarr", mode="a").close()

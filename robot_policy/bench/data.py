@@ -1,4 +1,5 @@
-"""Data-layer benchmark: sampler windows/s (RAM and disk) and streaming-writer steps/s with cameras.
+"""Data-layer benchmark: sampler windows/s (RAM and disk) and streaming-writer steps/s with cameras, with
+and without fsync (the store's default makes each commit durable: its chunk files and directories).
 
 The 1M-step store is synthetic but shaped like real data: smooth joint trajectories (random walks) in the
 slots of ``panda_bimanual_joint``, zeros elsewhere, 500-step episodes. Camera frames for the writer are
@@ -29,17 +30,25 @@ class DataBenchConfig:
 
     #: where the 1M-step store is built (reused when it already has ``n_steps`` steps)
     workdir: str = "bench_out/data"
+    #: steps of the synthetic store the sampler reads
     n_steps: int = 1_000_000
+    #: steps per synthetic episode
     episode_length: int = 500
+    #: To: observation steps per window
     obs_horizon: int = 2
+    #: Ta: action steps per window
     action_horizon: int = 64
+    #: windows per sampler call
     batch_size: int = 256
     #: seconds spent measuring each sampler rate
     seconds: float = 5.0
     #: streaming writer: steps recorded, camera count and size
     writer_steps: int = 1000
+    #: steps per episode the streaming writer commits
     writer_episode_length: int = 200
+    #: cameras recorded by the streaming writer
     cameras: int = 2
+    #: their frame height and width (px)
     image_size: int = 224
 
 
@@ -115,8 +124,9 @@ def _frames(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return frames
 
 
-def writer_rate(workdir: Path, cfg: DataBenchConfig) -> dict[str, float]:
-    """Steps/s of the streaming writer recording ``cfg.cameras`` cameras, commits included."""
+def writer_rate(workdir: Path, cfg: DataBenchConfig, fsync: bool = True) -> dict[str, float]:
+    """Steps/s of the streaming writer recording ``cfg.cameras`` cameras, commits (and, with ``fsync``,
+    the fsyncs of every chunk file and directory written) included; bytes stored per camera frame."""
     spec = load_embodiment("panda_bimanual_joint")
     rng = np.random.default_rng(0)
     frames = _frames(rng, 64, cfg.image_size)
@@ -125,9 +135,10 @@ def writer_rate(workdir: Path, cfg: DataBenchConfig) -> dict[str, float]:
     action = _smooth_episode(rng, cfg.writer_episode_length, spec.action.mask)
     path = workdir / "writer_bench.zarr"
     steps = 0
-    with EpisodeStore.create(path, spec, cameras=cams, overwrite=True) as store:
+    with EpisodeStore.create(path, spec, cameras=cams, overwrite=True, fsync=fsync) as store:
         start = time.perf_counter()
-        with tqdm(total=cfg.writer_steps, desc="streaming writer", unit="step") as bar:
+        with tqdm(total=cfg.writer_steps, desc=f"streaming writer ({'fsync' if fsync else 'no fsync'})",
+                  unit="step") as bar:
             while steps < cfg.writer_steps:
                 with store.stream_episode(language="bench") as ep:
                     for t in range(min(cfg.writer_episode_length, cfg.writer_steps - steps)):
@@ -152,4 +163,5 @@ def run_data_bench(cfg: DataBenchConfig) -> dict[str, Any]:
                                "store_build_s": build_s, "cpu_count": os.cpu_count()}
     results.update(sampler_rates(store, cfg))
     results.update(writer_rate(workdir, cfg))
+    results["writer_steps_per_s_no_fsync"] = writer_rate(workdir, cfg, fsync=False)["writer_steps_per_s"]
     return results

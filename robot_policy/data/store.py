@@ -31,6 +31,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -90,18 +91,29 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+#: fsyncs in flight at once: ext4 commits concurrent fsyncs in one journal transaction (measured: 64 image
+#: chunks with their directories, 890 ms one after another, 36 ms from 8 threads)
+FSYNC_THREADS: Final = 8
+
+
 def fsync_files(files: Iterable[Path], root: Path) -> None:
-    """fsync ``files``, then every directory from theirs up to ``root`` (inclusive), each once: a new chunk
-    file lives in directories zarr may just have created, whose own entries must be durable too."""
+    """fsync ``files`` and every directory from theirs up to ``root`` (inclusive), each once: a new chunk
+    file lives in directories zarr may just have created, whose own entries must be durable too. Returns
+    when all are durable (the order among them does not matter: the caller's next write waits for all)."""
+    files = list(files)
     dirs: set[Path] = set()
     for f in files:
-        fsync_path(f)
         d = f.parent
         while d not in dirs and (d == root or root in d.parents):
             dirs.add(d)
             d = d.parent
-    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # deepest first, root last
-        fsync_path(d)
+    paths = files + sorted(dirs)
+    if len(paths) <= 2:
+        for path in paths:
+            fsync_path(path)
+        return
+    with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths)), thread_name_prefix="fsync") as pool:
+        list(pool.map(fsync_path, paths))  # list(): re-raises the first error
 
 
 def chunk_files(array_dir: Path, arr: zarr.Array, lo: int, hi: int) -> Iterator[tuple[Path, int, int]]:
