@@ -21,17 +21,26 @@ from robot_policy.spaces.unified import UNIFIED_DIM
 
 @dataclass
 class BCConfig:
-    """Optimisation of diffusion BC. Defaults follow Diffusion Policy / RDT where they agree."""
+    """Optimisation of diffusion BC: AdamW, linear warm-up then cosine decay, EMA weights, state noise.
 
-    lr: float = 1e-4
+    The defaults are the ones measured on rdt_small (BENCHMARKS.md); ``robot-policy train`` uses them.
+    """
+
+    #: peak learning rate of AdamW, reached after the warm-up
+    lr: float = 3e-4
+    #: AdamW's (beta1, beta2)
     betas: tuple[float, float] = (0.95, 0.999)
+    #: AdamW's decoupled weight decay
     weight_decay: float = 1e-6
     #: global L2 norm of gradients is clipped to this
     grad_clip: float = 1.0
-    warmup_steps: int = 500
+    #: steps of linear learning-rate warm-up from 0
+    warmup_steps: int = 200
     #: final learning rate as a fraction of ``lr`` (cosine decay)
     min_lr_ratio: float = 0.0
-    ema_max_decay: float = 0.9999
+    #: upper bound of the EMA decay (the decay warms up as 1 - (1 + step)^-ema_power)
+    ema_max_decay: float = 0.999
+    #: exponent of the EMA decay warm-up
     ema_power: float = 0.75
     #: RDT adds Gaussian noise to the state at this signal-to-noise ratio (dB); None disables
     state_noise_snr_db: float | None = 40.0

@@ -10,7 +10,7 @@ so chunk time ~= encode + steps x call + sampler overhead (scheduler updates, co
 
 Training throughput: optimisation steps as ``train()`` runs them (the step's randomness drawn from
 ``(seed, step)``, condition dropout and state noise, ``compute_loss`` through ``DiffusionLoss``, backward,
-gradient clipping, AdamW, cosine schedule, EMA update) on one synthetic batch of ``configs/train.yaml``'s
+gradient clipping, AdamW, cosine schedule, EMA update) on one synthetic batch of TrainConfig's
 global batch size; data loading is not included (``bench data`` measures it).
 
 Absolute numbers depend on the machine and its load; ratios between samplers in one run are what carry over.
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 
 from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness
+from robot_policy.configuration import field_defaults
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
 from robot_policy.envs.registry import available_tasks, make_env
@@ -44,10 +44,10 @@ from robot_policy.models.inputs import LanguageTable, make_model_inputs, normali
 from robot_policy.models.params import count_parameters
 from robot_policy.models.rdt import RDTConfig, RDTPolicyModel, available_policy_configs, load_policy_config
 from robot_policy.models.text import make_text_encoder, save_text_embeddings
-from robot_policy.paths import CONFIG_DIR
 from robot_policy.policies.diffusion import DiffusionPolicy
 from robot_policy.spaces.unified import UNIFIED_DIM
 from robot_policy.train.ema import EMA
+from robot_policy.train.loop import TrainConfig
 from robot_policy.train.schedule import make_scheduler
 from robot_policy.train.step import BCStep
 
@@ -68,19 +68,22 @@ class InferBenchConfig:
     repeats: int = 20
     #: ...but stop once a case's timed chunks took this long (s), after at least ``min_repeats``
     max_seconds: float = 20.0
+    #: timed chunks per case at least, whatever max_seconds says
     min_repeats: int = 2
     #: untimed chunks per case before timing, with the same sampler at <= ``warmup_steps`` steps (same code
     #: path and shapes; a full-length warm-up of a 100-step DDPM chunk of a large model would cost minutes)
     warmup: int = 1
+    #: at most this many denoising steps per warm-up chunk
     warmup_steps: int = 5
     #: timed denoiser calls per model, at least (one is timed before every chunk)
     call_repeats: int = 20
     #: policy configs timed for training samples/s
     train_models: list[str] = field(default_factory=lambda: ["rdt_tiny", "rdt_small"])
-    #: global batch; None = ``configs/train.yaml``'s batch_size
+    #: global batch; None = TrainConfig's batch_size (``robot-policy train``'s default)
     train_batch_size: int | None = None
     #: timed optimisation steps per model, after ``train_warmup`` untimed ones
     train_steps: int = 5
+    #: untimed optimisation steps per model before timing
     train_warmup: int = 1
     #: torch intra-op threads; None = every core of the machine
     torch_threads: int | None = None
@@ -338,10 +341,11 @@ def measure_latency(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[st
 
 
 def train_defaults() -> dict[str, Any]:
-    """``configs/train.yaml``'s batch size, optimiser settings, run length and execute horizon."""
-    with open(CONFIG_DIR / "train.yaml") as fh:
-        raw = yaml.safe_load(fh)
-    return {k: raw[k] for k in ("batch_size", "optim", "steps", "execute_horizon")}
+    """``robot-policy train``'s batch size, optimiser settings, run length and execute horizon: the defaults
+    of TrainConfig, their one place."""
+    defaults = field_defaults(TrainConfig)
+    return {"batch_size": defaults["batch_size"], "optim": dataclasses.asdict(defaults["optim"]),
+            "steps": defaults["steps"], "execute_horizon": defaults["execute_horizon"]}
 
 
 def synthetic_batch(ti: TaskInputs, policy: RDTConfig, batch_size: int, seed: int) -> dict[str, Tensor]:

@@ -101,7 +101,7 @@ def _infer(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
              + ". Ratios between samplers of one model in one run are the meaningful part. Real-time budget with "
              f"asynchronous inference: {r['execute_horizon']} actions at {r['control_hz']:g} Hz = {budget_ms:.0f} ms "
              "per chunk. Training: `train()`'s optimisation step (step randomness, condition dropout, state noise, "
-             "compute_loss, backward, clip, AdamW, cosine LR, EMA) on one synthetic batch of `configs/train.yaml`'s "
+             "compute_loss, backward, clip, AdamW, cosine LR, EMA) on one synthetic batch of TrainConfig's "
              "batch size, data loading excluded.")
     return "Inference: chunk latency per sampler; training samples/s", rows, r, notes
 

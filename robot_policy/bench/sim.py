@@ -20,15 +20,18 @@ from robot_policy.envs.registry import env_class, load_task_config, make_env
 class SimBenchConfig:
     """Options of ``robot-policy bench sim``."""
 
+    #: tasks whose control steps/s are measured
     tasks: list[str] = field(default_factory=lambda: ["pybullet_bimanual_lift", "robosuite_two_arm_lift",
                                                        "robosuite_two_arm_handover"])
     #: seconds measured per task and observation mode
     seconds: float = 10.0
+    #: camera frame height and width (px) of the camera-observation row
     image_size: int = 128
     #: camera for the camera-observation row; None = the task's first available camera
     camera: str | None = None
     #: tasks timed collecting ``collect_episodes`` scripted episodes into a store (0 = skip)
     collect_tasks: list[str] = field(default_factory=lambda: ["pybullet_bimanual_lift", "robosuite_two_arm_lift"])
+    #: scripted episodes per timed collection
     collect_episodes: int = 50
     #: where the timed collections write their stores
     workdir: str = "bench_out/sim"

@@ -16,13 +16,13 @@ from __future__ import annotations
 import shlex
 import sys
 
-from robot_policy.cli.common import ConfigError, fail
+from robot_policy.cli.common import ConfigError, fail, verb_help
 
 SUMMARY = "benchmarks (data, sim, infer, success): JSON + BENCHMARKS.md"
 
 
 def main(argv: list[str]) -> int:
-    from robot_policy.bench.runner import BENCHES, config_help, run_bench
+    from robot_policy.bench.runner import BENCHES, run_bench
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -31,7 +31,10 @@ def main(argv: list[str]) -> int:
     if name not in BENCHES:
         return fail(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHES)}")
     if "--help" in overrides or "-h" in overrides:
-        print(config_help(name))
+        import importlib
+
+        module, cls = BENCHES[name][1].split(":")
+        print(verb_help(f"robot-policy bench {name} [key=value ...]", getattr(importlib.import_module(module), cls)))
         return 0
     command = "robot-policy bench " + " ".join(shlex.quote(a) for a in argv)
     try:

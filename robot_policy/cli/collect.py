@@ -7,25 +7,29 @@ prints the expert's success rate at the end. Task options are overridable too, e
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from omegaconf import OmegaConf
 
 from robot_policy.cli.common import ConfigError, compose, fail, to_dataclass, verb_help
+
+if TYPE_CHECKING:
+    from robot_policy.envs.base import TaskConfig
+    from robot_policy.pipelines.collect import CollectConfig
 
 SUMMARY = "record scripted demonstrations of a sim task into an episode store"
 
 
 def main(argv: list[str]) -> int:
-    if "--help" in argv or "-h" in argv:
-        print(verb_help("collect", __doc__ or "", "collect"))
-        return 0
-    from robot_policy.envs.registry import task_config_from_dict
-    from robot_policy.pipelines.collect import CollectConfig, collect
+    from robot_policy.cli.options import collect_schema
 
-    try:
-        raw = OmegaConf.to_container(compose("collect", argv), resolve=True)
-        assert isinstance(raw, dict)
-        task = task_config_from_dict(raw.pop("task"), where="task")
-        cfg = to_dataclass(CollectConfig, raw, "collect")
+    if "--help" in argv or "-h" in argv:
+        print(verb_help(__doc__ or "", collect_schema(), "collect"))
+        return 0
+    from robot_policy.pipelines.collect import collect
+
+    try:  # every value typed before anything touches the store: seed=foo fails here
+        task, cfg = parse_collect_config(argv)
     except (ConfigError, ValueError, KeyError) as e:
         return fail(str(e))
     try:
@@ -38,3 +42,15 @@ def main(argv: list[str]) -> int:
           f"{summary['expert_success_rate']:.1%} (95% CI {summary['ci95_low']:.1%}-{summary['ci95_high']:.1%}), "
           f"seeds {summary['first_seed']}-{summary['last_seed']}")
     return 0
+
+
+def parse_collect_config(argv: list[str]) -> tuple[TaskConfig, CollectConfig]:
+    """``configs/collect.yaml`` + overrides -> (task, CollectConfig), every value of its field's type."""
+    from robot_policy.cli.options import collect_schema
+    from robot_policy.envs.registry import task_config_from_dict
+    from robot_policy.pipelines.collect import CollectConfig
+
+    raw = OmegaConf.to_container(compose("collect", argv, schema=collect_schema()), resolve=True)
+    assert isinstance(raw, dict)
+    task = task_config_from_dict(raw.pop("task"), where="task")
+    return task, to_dataclass(CollectConfig, raw, "collect")

@@ -1,31 +1,102 @@
-"""Shared CLI plumbing: compose a verb's Hydra config from overrides, convert it to a typed dataclass."""
+"""Shared CLI plumbing: compose a verb's Hydra config from overrides, convert it to a typed dataclass, and
+the ``--help`` every verb prints (its options from the config dataclasses, the configs that exist)."""
 
 from __future__ import annotations
 
 import sys
+import textwrap
+from collections.abc import Mapping
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
-from robot_policy.configuration import ConfigError, compose, parse_overrides, to_dataclass
+from robot_policy.configuration import (
+    BOOLEAN_RULE,
+    ConfigError,
+    compose,
+    describe_type,
+    options,
+    parse_override_list,
+    parse_overrides,
+    to_dataclass,
+)
+from robot_policy.paths import CONFIG_DIR, available_configs
 
 __all__ = ["ConfigError", "command_line", "compose", "fail", "parse_overrides", "pop_override", "to_dataclass",
            "verb_help"]
 
+#: the config groups a user chooses from, by ``configs/`` folder, as ``--help`` lists them
+CONFIG_GROUPS = {"task": "tasks", "policy": "policies", "embodiment": "embodiments"}
 
-def describe_config(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)
+VALUE_RULES = (f"Values: booleans are {BOOLEAN_RULE} (any case; anything else is an error), null is none, lists "
+               "are [a,b], mappings {a: 1}. A value (or list element) with spaces, non-ASCII characters or '=' is "
+               "read as a string: out=/data/démo, dataset.paths=[/data/é.zarr]; quote one with a comma: "
+               "out='/data/a,b' (Hydra's override grammar). A key that is not an option is an error; +key=value "
+               "adds a key to a mapping option, e.g. +policy_kwargs.noise=0.0 at eval.")
 
 
-def verb_help(verb: str, doc: str, config_name: str | None) -> str:
-    """Help text: the verb's docstring, then its default config (every key can be overridden)."""
-    text = doc.strip()
-    if config_name is not None:
-        try:
-            cfg = compose(config_name, [])
-            text += "\n\ndefaults (override any with key=value):\n" + OmegaConf.to_yaml(cfg)
-        except ConfigError as e:
-            text += f"\n\n(could not compose defaults: {e})"
+def _literal(value: Any) -> str:
+    """A default as it would be written on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value if value and value.isprintable() and " " not in value else repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_literal(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    widths = [min(max((len(r[i]) for r in rows), default=0), cap) for i, cap in enumerate((30, 18, 16))]
+    return [f"  {name:<{widths[0]}}  {tp:<{widths[1]}}  {default:<{widths[2]}}  {doc}".rstrip()
+            for name, tp, default, doc in rows]
+
+
+def group_defaults(config_name: str) -> dict[str, str]:
+    """The config-group choices of ``configs/<config_name>.yaml``'s defaults list, e.g. {"task": "...", ...}."""
+    with open(CONFIG_DIR / f"{config_name}.yaml") as fh:
+        raw = yaml.safe_load(fh) or {}
+    return {k: str(v) for entry in raw.get("defaults", []) if isinstance(entry, dict) for k, v in entry.items()}
+
+
+def options_help(schema: type, groups: Mapping[str, str] = {}) -> str:
+    """The option table of config dataclass ``schema``: dotted key, type, default, doc. Fields named in
+    ``groups`` (field -> chosen config) are config groups, listed after it with their choices."""
+    rows: list[tuple[str, str, str, str]] = []
+    group_rows: list[str] = []
+    for opt in options(schema):
+        if opt.name in groups:
+            group_rows.append(f"  {opt.name}=NAME (default {groups[opt.name]}; available: "
+                              f"{', '.join(available_configs(opt.name))})\n      {opt.doc}")
+        else:
+            default = "(required)" if opt.default == "???" else _literal(opt.default)
+            rows.append((opt.name, describe_type(opt.type), default, opt.doc))
+    text = "options (key=value):\n" + "\n".join(_table(rows))
+    if group_rows:
+        text += "\n\nconfig groups (NAME is configs/<group>/NAME.yaml; override its keys as group.KEY=VALUE):\n"
+        text += "\n".join(group_rows)
     return text
+
+
+def available_help() -> str:
+    """The tasks, policies and embodiments in ``configs/``."""
+    return ("available configs (each task names its embodiment):\n"
+            + "\n".join(f"  {label} (configs/{group}): {', '.join(available_configs(group))}"
+                        for group, label in CONFIG_GROUPS.items()))
+
+
+def verb_help(doc: str, schema: type | None, config_name: str | None = None) -> str:
+    """A verb's ``--help``: its docstring, every option with type, default and doc (from the config
+    dataclasses), the config groups with their default choice, and the configs that exist."""
+    parts = [doc.strip()]
+    if schema is not None:
+        parts.append(options_help(schema, group_defaults(config_name) if config_name else {}))
+    parts += [available_help(), textwrap.fill(VALUE_RULES, 110)]
+    return "\n\n".join(parts)
 
 
 def command_line(verb: str, argv: list[str]) -> str:
@@ -41,12 +112,14 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def pop_override(overrides: list[str], key: str) -> tuple[list[str], str | None]:
-    """Take ``key=value`` out of ``overrides``. For keys whose name is also a config group (``policy``):
-    Hydra would read ``policy=<checkpoint dir>`` as a group choice."""
+    """Take ``key=value`` out of ``overrides``, its value read as Hydra reads it (quotes removed). For keys
+    whose name is also a config group (``policy``): Hydra would read ``policy=<checkpoint dir>`` as a group
+    choice."""
     rest, value = [], None
     for item in overrides:
         if item.startswith(key + "="):
-            value = item.split("=", 1)[1]
+            ((_, override),) = parse_override_list([item])
+            value = str(override.value())
         else:
             rest.append(item)
     return rest, value

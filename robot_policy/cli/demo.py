@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from robot_policy.cli.common import ConfigError, fail, parse_overrides
+from robot_policy.cli.common import ConfigError, fail, parse_overrides, verb_help
 
 SUMMARY = "the main job: collect demos -> train -> evaluate on held-out seeds -> report"
 
@@ -18,11 +18,7 @@ def main(argv: list[str]) -> int:
     from robot_policy.pipelines.demo import DemoConfig, run_demo
 
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        import dataclasses
-
-        print("options:\n" + "\n".join(f"  {f.name} = {f.default!r}" for f in dataclasses.fields(DemoConfig)
-                                       if not callable(f.default)))
+        print(verb_help(__doc__ or "", DemoConfig))
         return 0
     try:
         cfg = parse_overrides(DemoConfig, argv, "demo")

@@ -3,12 +3,15 @@
 Runs the policy on seeds S..S+N-1 in parallel worker processes, executing each chunk for
 `execute_horizon` steps, and writes DIR/eval.json (success rate with a 95% Wilson interval, mean episode
 length, per-episode results) and mp4 videos of the first `videos` episodes. Policies: `scripted`,
-`random`, or a checkpoint directory written by `robot-policy train`.
+`random`, or a checkpoint directory written by `robot-policy train`. A checkpoint samples with its own
+sampler unless `sampler=ddpm|ddim|dpmsolver++` and `sampler_steps=K` say otherwise (eval.json records both).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
@@ -22,30 +25,23 @@ from robot_policy.cli.common import (
     verb_help,
 )
 
+if TYPE_CHECKING:
+    from robot_policy.envs.base import TaskConfig
+    from robot_policy.eval.harness import EvalConfig
+
 SUMMARY = "evaluate a policy on held-out seeds: eval.json with a 95% interval, videos"
 
 
 def main(argv: list[str]) -> int:
+    from robot_policy.cli.options import eval_schema
+
     if "--help" in argv or "-h" in argv:
-        print(verb_help("eval", __doc__ or "", "eval"))
+        print(verb_help(__doc__ or "", eval_schema(), "eval"))
         return 0
-    from robot_policy.envs.registry import task_config_from_dict
-    from robot_policy.eval.harness import EvalConfig, evaluate
+    from robot_policy.eval.harness import evaluate
 
-    overrides, policy = pop_override(argv, "policy")
     try:
-        raw = OmegaConf.to_container(compose("eval", overrides), resolve=True)
-        assert isinstance(raw, dict)
-        policy = policy or raw.pop("policy")
-        raw.pop("policy", None)
-        if Path(str(policy)).exists():  # a checkpoint or run directory: pin the step directory it means now
-            from robot_policy.models.checkpoint import resolve_checkpoint
-
-            policy = str(resolve_checkpoint(str(policy)))
-        task = task_config_from_dict(raw.pop("task"), where="task")
-        if not raw.get("out"):
-            raw["out"] = str(Path("runs/eval") / f"{task.name}-{Path(str(policy)).name}")
-        cfg = to_dataclass(EvalConfig, raw, "eval")
+        task, policy, cfg = parse_eval_config(argv)
     except (ConfigError, ValueError, KeyError, RuntimeError) as e:  # CheckpointError is a RuntimeError
         return fail(str(e))
     try:
@@ -58,3 +54,50 @@ def main(argv: list[str]) -> int:
           f"{report['seed'] + report['episodes'] - 1}")
     print(f"wrote {Path(cfg.out) / 'eval.json'}" + (f" and {cfg.videos} videos" if cfg.videos else ""))
     return 0
+
+
+def parse_eval_config(argv: list[str]) -> tuple[TaskConfig, str, EvalConfig]:
+    """``configs/eval.yaml`` + overrides -> (task, policy, EvalConfig). A checkpoint is pinned to the step
+    directory it means now, and its sampler options are resolved, so eval.json records what ran."""
+    from robot_policy.cli.options import eval_schema
+    from robot_policy.envs.registry import task_config_from_dict
+    from robot_policy.eval.harness import EvalConfig
+
+    overrides, policy = pop_override(argv, "policy")  # policy=<dir> is not the policy config group
+    raw = OmegaConf.to_container(compose("eval", overrides, schema=eval_schema()), resolve=True)
+    assert isinstance(raw, dict)
+    policy = policy or str(raw["policy"])
+    raw.pop("policy")
+    if Path(policy).exists():  # a checkpoint or run directory: pin the step directory it means now
+        from robot_policy.models.checkpoint import resolve_checkpoint
+
+        policy = str(resolve_checkpoint(policy))
+    task = task_config_from_dict(raw.pop("task"), where="task")
+    if not raw.get("out"):
+        raw["out"] = str(Path("runs/eval") / f"{task.name}-{Path(policy).name}")
+    cfg = to_dataclass(EvalConfig, raw, "eval")
+    return task, policy, _resolve_sampler(cfg, policy)
+
+
+def _resolve_sampler(cfg: EvalConfig, policy: str) -> EvalConfig:
+    """``sampler``/``sampler_steps`` left null become the checkpoint's own; on a built-in they are an error."""
+    from robot_policy.eval.policies import is_checkpoint
+
+    if not is_checkpoint(policy):
+        if cfg.sampler is not None or cfg.sampler_steps is not None:
+            raise ConfigError(f"sampler={_null(cfg.sampler)} sampler_steps={_null(cfg.sampler_steps)}: they choose "
+                              f"how a diffusion checkpoint samples; {policy!r} is not a checkpoint directory")
+        return cfg
+    from robot_policy.models.checkpoint import load_config
+
+    diffusion = load_config(Path(policy))["policy"]["diffusion"]
+    steps = cfg.sampler_steps or int(diffusion["num_inference_steps"])
+    total = int(diffusion["num_train_timesteps"])
+    if not 1 <= steps <= total:
+        raise ConfigError(f"sampler_steps={steps}: the checkpoint was trained with {total} diffusion steps; "
+                          f"choose 1..{total}")
+    return dataclasses.replace(cfg, sampler=cfg.sampler or str(diffusion["sampler"]), sampler_steps=steps)
+
+
+def _null(value: object) -> str:
+    return "null" if value is None else str(value)

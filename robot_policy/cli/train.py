@@ -15,7 +15,9 @@ SUMMARY = "train a diffusion policy on episode stores (checkpoints, TensorBoard,
 
 def main(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print(verb_help("train", __doc__ or "", "train"))
+        from robot_policy.train.config import train_schema
+
+        print(verb_help(__doc__ or "", train_schema(), "train"))
         return 0
     from robot_policy.train.config import parse_train_config
     from robot_policy.train.loop import train

@@ -39,9 +39,11 @@ PolicySource = str | Path | Policy | Callable[[ManipulationEnv], Policy]
 class EvalConfig:
     """How to evaluate (the task and policy are passed separately)."""
 
+    #: episodes to run, one per seed
     episodes: int = 100
     #: first seed; seeds S..S+N-1. Default far from the collection seeds (0..) so they are held out.
     seed: int = 1_000_000
+    #: output directory: eval.json and videos/
     out: str = "runs/eval"
     #: worker processes; 0 = one per core; 1 runs in this process
     workers: int = 0
@@ -51,8 +53,14 @@ class EvalConfig:
     videos: int = 2
     #: camera for the videos; None = the task's first available camera
     video_camera: str | None = None
+    #: video frame height and width (px)
     video_size: int = 256
-    #: keyword arguments for the policy (a built-in's options, or DiffusionPolicy.from_checkpoint's)
+    #: inference sampler of a checkpoint policy: ddpm, ddim or dpmsolver++; None = the checkpoint's own
+    sampler: str | None = None
+    #: denoising steps of the sampler; None = the checkpoint's own
+    sampler_steps: int | None = None
+    #: other keyword arguments for the policy (a built-in's options, or DiffusionPolicy.from_checkpoint's),
+    #: added with +policy_kwargs.KEY=VALUE, e.g. +policy_kwargs.noise=0.0 for the scripted expert
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     #: torch threads per worker (inference is small; more threads than cores only thrash)
     torch_threads: int = 1
@@ -66,6 +74,26 @@ class EvalConfig:
             raise ValueError(f"execute_horizon must be >= 1, got {self.execute_horizon}")
         if self.videos < 0 or self.video_size < 16:
             raise ValueError(f"videos must be >= 0 and video_size >= 16, got {self.videos}, {self.video_size}")
+        if self.sampler is not None:
+            from robot_policy.models.diffusion import SAMPLERS
+
+            if self.sampler not in SAMPLERS:
+                raise ValueError(f"sampler: unknown {self.sampler!r}; samplers: {', '.join(SAMPLERS)}")
+        if self.sampler_steps is not None and self.sampler_steps < 1:
+            raise ValueError(f"sampler_steps must be >= 1, got {self.sampler_steps}")
+        for option, kwarg in (("sampler", "sampler"), ("sampler_steps", "num_steps")):
+            if getattr(self, option) is not None and kwarg in self.policy_kwargs:
+                raise ValueError(f"{option}={getattr(self, option)} and policy_kwargs.{kwarg}="
+                                 f"{self.policy_kwargs[kwarg]} are both given: use {option}")
+
+    def policy_loader_kwargs(self) -> dict[str, Any]:
+        """``policy_kwargs`` plus the sampler options, under ``DiffusionPolicy.from_checkpoint``'s names."""
+        kwargs = dict(self.policy_kwargs)
+        if self.sampler is not None:
+            kwargs["sampler"] = self.sampler
+        if self.sampler_steps is not None:
+            kwargs["num_steps"] = self.sampler_steps
+        return kwargs
 
 
 @dataclass
@@ -90,7 +118,7 @@ class _Worker:
         self.cfg = cfg
         self.env = make_env(task)
         if isinstance(policy, (str, Path)):
-            self.policy: Policy = load_policy(policy, self.env, **cfg.policy_kwargs)
+            self.policy: Policy = load_policy(policy, self.env, **cfg.policy_loader_kwargs())
         elif hasattr(policy, "predict_chunk"):
             self.policy = policy  # type: ignore[assignment]
         elif callable(policy):
@@ -233,6 +261,8 @@ def summarize(task: TaskConfig, results: list[EpisodeResult], cfg: EvalConfig, p
                                            if successes else None),
         "mean_inference_ms": float(np.mean([r.inference_ms for r in results])),
         "execute_horizon": cfg.execute_horizon,  # null: the policy's own, as executed below
+        "sampler": cfg.sampler,  # null: the checkpoint's own (the CLI records the one it resolves to)
+        "sampler_steps": cfg.sampler_steps,
         "executed_horizons": sorted({r.execute_horizon for r in results}),
         "workers": workers,
         "elapsed_s": elapsed_s,

@@ -28,7 +28,7 @@ class CollectConfig:
     source: str = "scripted"
     #: successful episodes to write (or all attempts with keep_failures)
     episodes: int = 50
-    #: store path
+    #: store path (required), e.g. datasets/lift.zarr
     out: str = ""
     #: first seed; attempts use seeds seed, seed+1, ...
     seed: int = 0
@@ -38,6 +38,7 @@ class CollectConfig:
     keep_failures: bool = False
     #: give up after this many attempts; None = 2 x episodes
     max_attempts: int | None = None
+    #: delete an existing store at out and record a new one (only an explicit true does)
     overwrite: bool = False
     #: append to an existing store instead of failing
     append: bool = False

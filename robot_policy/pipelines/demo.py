@@ -28,22 +28,39 @@ from robot_policy.pipelines.collect import CollectConfig, collect
 class DemoConfig:
     """Options of ``robot-policy demo``."""
 
+    #: the run's directory name: out_root/name
     name: str = "pybullet_lift"
+    #: the task (configs/task) demonstrated, trained on and evaluated
     task: str = "pybullet_bimanual_lift"
+    #: the policy config (configs/policy) trained
     policy: str = "rdt_small"
+    #: parent directory of the run
     out_root: str = "runs"
     #: scripted demonstrations to train on
     episodes: int = 100
+    #: training steps (TrainConfig.steps)
     train_steps: int = 3000
+    #: evaluation episodes, one per held-out seed
     eval_episodes: int = 100
     #: held out: collection uses seeds 0.., evaluation eval_seed..
     eval_seed: int = 1_000_000
+    #: evaluation worker processes; 0 = one per core
     workers: int = 0
+    #: evaluation episodes rendered to mp4 for the report
     videos: int = 2
-    #: redo every stage even when its output exists
+    #: redo every stage even when its output exists (deletes the run's training directory)
     fresh: bool = False
-    #: extra train overrides, e.g. ["batch_size=32"]
+    #: extra train overrides, e.g. train_overrides=[batch_size=32,val_every=100]
     train_overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from robot_policy.envs.registry import available_tasks
+        from robot_policy.models.rdt import available_policy_configs
+
+        if self.task not in available_tasks():
+            raise ValueError(f"task: unknown {self.task!r}; available: {', '.join(available_tasks())}")
+        if self.policy not in available_policy_configs():
+            raise ValueError(f"policy: unknown {self.policy!r}; available: {', '.join(available_policy_configs())}")
 
 
 def _compose(name: str, overrides: list[str]) -> dict[str, Any]:

@@ -2,22 +2,59 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from robot_policy.configuration import ConfigError, compose, to_dataclass
+from robot_policy.configuration import ConfigError, compose, merge_schemas, to_dataclass
 from robot_policy.models.rdt import RDTConfig, policy_config_from_dict
 
 if TYPE_CHECKING:
     from robot_policy.train.loop import TrainConfig
 
 
+@dataclass
+class DatasetOptions:
+    """``dataset.*`` of ``robot-policy train``: the stores, as TrainConfig.datasets."""
+
+    #: one episode store
+    path: str = ""
+    #: several stores (multi-task), instead of path
+    paths: list[str] = field(default_factory=list)
+    #: sampling weight per store in paths; empty = equal
+    weights: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainCLIOptions:
+    """What ``robot-policy train`` adds to TrainConfig: its config groups, and the stores as dataset.*."""
+
+    #: the task: its name must be the stores' task; its cameras are the default cameras
+    task: dict[str, Any] = MISSING
+    #: the policy config; override its keys as policy.KEY=VALUE, e.g. policy.depth=4
+    policy: RDTConfig = MISSING
+    #: the episode stores to train on
+    dataset: DatasetOptions = field(default_factory=DatasetOptions)
+    #: cameras the policy sees; null = the policy config's cameras if it names any, else the task's; [] = state only
+    cameras: list[str] | None = None
+
+
+@functools.cache
+def train_schema() -> type:
+    """The options of ``robot-policy train``: TrainCLIOptions + TrainConfig (less ``datasets``), the Hydra
+    structured config that ``configs/train.yaml`` starts from."""
+    from robot_policy.train.loop import TrainConfig
+
+    return merge_schemas("TrainOptions", TrainCLIOptions, TrainConfig, drop=("datasets",))
+
+
 def parse_train_config(argv: list[str]) -> tuple[TrainConfig, RDTConfig]:
     """Compose ``configs/train.yaml`` with ``argv``'s overrides into the training and policy configs."""
     from robot_policy.train.loop import TrainConfig
 
-    raw = OmegaConf.to_container(compose("train", argv), resolve=True)
+    raw = OmegaConf.to_container(compose("train", argv, schema=train_schema()), resolve=True)
     assert isinstance(raw, dict)
     task = raw.pop("task")
     policy = policy_config_from_dict(raw.pop("policy"), where="policy")

@@ -45,6 +45,7 @@ from robot_policy.train.step import BCStep
 class DatasetEntry:
     """One episode store in the training mixture."""
 
+    #: the episode store (a zarr directory)
     path: str
     #: relative sampling weight of this store's windows
     weight: float = 1.0
@@ -52,24 +53,36 @@ class DatasetEntry:
 
 @dataclass
 class TrainConfig:
-    """Options of ``robot-policy train`` besides the policy config."""
+    """Options of ``robot-policy train`` besides the policy config. The defaults are the measured ones
+    (BENCHMARKS.md: rdt_small on 100 demonstrations); this dataclass is their one place."""
 
-    out: str
-    datasets: list[DatasetEntry]
+    #: run directory: checkpoints/, tb/, metrics.jsonl (required)
+    out: str = ""
+    #: the stores to train on, with their sampling weights (the CLI: dataset.path or dataset.paths)
+    datasets: list[DatasetEntry] = field(default_factory=list)
     #: cameras the policy sees; empty = state (+ object state) only
     cameras: list[str] = field(default_factory=list)
     #: condition on the stores' object_state (privileged low-dim object features)
     use_object_state: bool = True
-    steps: int = 20_000
+    #: optimisation steps (one global batch each)
+    steps: int = 3000
     #: global batch size (split across DDP ranks)
     batch_size: int = 64
+    #: seed of the episode split, the batches and every random draw of a step
     seed: int = 0
+    #: fraction of each store's episodes held out for the validation loss
     val_fraction: float = 0.05
+    #: steps between validation losses
     val_every: int = 500
+    #: batches per validation loss
     val_batches: int = 4
+    #: steps between log lines (TensorBoard, metrics.jsonl)
     log_every: int = 50
+    #: steps between checkpoints (one is also written at the end)
     ckpt_every: int = 1000
+    #: checkpoints kept in out/checkpoints; older ones are deleted
     keep_checkpoints: int = 3
+    #: continue the run in out from its latest checkpoint
     resume: bool = False
     #: DataLoader worker processes per rank
     num_workers: int = 0
@@ -79,15 +92,20 @@ class TrainConfig:
     torch_threads: int | None = None
     #: actions executed per chunk at inference, stored in the checkpoint; None = the whole chunk (Ta)
     execute_horizon: int | None = None
+    #: normalisation per key (state, action, object_state): gaussian (mean/std) or minmax (to [-1, 1])
     normalizer: dict[str, str] = field(default_factory=lambda: {"state": "gaussian", "action": "minmax",
                                                                  "object_state": "gaussian"})
+    #: optimiser, schedule, EMA and state noise
     optim: BCConfig = field(default_factory=BCConfig)
+    #: show a progress bar
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DatasetEntry) else DatasetEntry(**d) for d in self.datasets]
         if isinstance(self.optim, dict):
             self.optim = BCConfig(**self.optim)
+        if not self.out:
+            raise ValueError("out: give the run directory, e.g. out=runs/lift")
         if not self.datasets:
             raise ValueError("datasets: give at least one store (dataset.path=...)")
         if self.steps < 1 or self.batch_size < 1:

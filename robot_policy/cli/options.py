@@ -1,0 +1,51 @@
+"""What the verbs add to their library configs: the config groups, and options whose CLI default depends
+on another option. Each verb's schema is these plus its library dataclass (whose defaults stay there),
+merged by :func:`robot_policy.configuration.merge_schemas` and registered as the Hydra structured config
+that its YAML starts from.
+
+Imported only when a verb runs: the task config brings the env layer.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from robot_policy.configuration import merge_schemas
+from robot_policy.envs.base import TaskConfig
+
+
+@dataclass
+class TaskChoice:
+    """The ``task=`` config group."""
+
+    #: the task; override its keys as task.KEY=VALUE, e.g. task.cameras=[front]
+    task: TaskConfig = MISSING
+
+
+@dataclass
+class EvalCLIOptions:
+    """What ``robot-policy eval`` adds to EvalConfig."""
+
+    #: a built-in policy (scripted, random), or a checkpoint directory or run directory (its latest checkpoint)
+    policy: str = "scripted"
+    #: output directory; '' = runs/eval/<task>-<policy name>
+    out: str = ""
+
+
+@functools.cache
+def collect_schema() -> type:
+    """The options of ``robot-policy collect``: the task group + CollectConfig."""
+    from robot_policy.pipelines.collect import CollectConfig
+
+    return merge_schemas("CollectOptions", TaskChoice, CollectConfig)
+
+
+@functools.cache
+def eval_schema() -> type:
+    """The options of ``robot-policy eval``: the task group, the policy + EvalConfig."""
+    from robot_policy.eval.harness import EvalConfig
+
+    return merge_schemas("EvalOptions", TaskChoice, EvalCLIOptions, EvalConfig)
