@@ -166,10 +166,13 @@ def test_kill_inside_the_commit_write(tmp_path: Path) -> None:
 @pytest.mark.parametrize("writer", ["stream", "whole"])
 def test_kill_inside_the_first_episode_before_the_key_set_exists(tmp_path: Path, writer: str) -> None:
     path = _crash_store(tmp_path, "first_array_created", writer)
-    # the partial state: no episode, one data array created (streaming: the camera's, at its first block)
+    # the partial state: no episode, one data array with rows (streaming: the camera's, at its first block)
     assert _raw(path, "meta/episode_ends").shape == (0,)
     made = sorted(p.name for p in (path / "data").iterdir() if p.is_dir())
     assert made == (["images"] if writer == "stream" else ["state"])
+    key = "images/front" if writer == "stream" else "state"
+    assert _raw(path, f"data/{key}").shape[0] == (fmt.IMAGE_WRITE_BLOCK if writer == "stream" else CRASH_LENGTH)
+    assert _chunk_rows(path, f"data/{key}")
     _assert_repaired(path, 0)
     # the crashed episode fixed nothing: a first episode with another key set is accepted
     path2 = _crash_store(tmp_path / "again", "first_array_created", writer)

@@ -59,7 +59,8 @@ FAULT_ENV: Final = "ROBOT_POLICY_FAULT"
 #: every point a writer checks, and the partial state on disk when it is killed there
 FAULT_POINTS: Final[dict[str, str]] = {
     "store_created": "EpisodeStore.create wrote an empty store; no episode was started",
-    "first_array_created": "the first episode created a data array; the key set is not fixed yet",
+    "first_array_created": "the first episode created a data array and wrote rows to it; its other arrays "
+                           "do not exist yet (no committed episode fixes the key set)",
     "image_block_written": "an image block of the episode in progress is on disk (fsynced), nothing committed",
     "episode_data_written": "an episode's rows and meta are written (fsynced); episode_ends has not grown",
     "episode_ends_resized": "episode_ends' shape grew; its chunk (the commit point) is not written",
@@ -587,23 +588,29 @@ class EpisodeStore(EpisodeIndex):
                                   compressors=codec, config=_ARRAY_CONFIG)
                 self._data_keys.add(key)
                 created = True
-        if created:
-            fault_point("first_array_created")
         arr = self.array(key)
         end = first_row + values.shape[0]
         resized = arr.shape[0] < end
         if resized:
             arr.resize((end, *arr.shape[1:]))
         arr[first_row:end] = values
-        self._note_written(f"data/{key}", arr, first_row, end, metadata=resized or created)
+        self._note_written(f"data/{key}", arr, first_row, end, metadata=resized or created, new=created)
+        if created:
+            fault_point("first_array_created")
 
-    def _note_written(self, array_path: str, arr: zarr.Array, lo: int, hi: int, metadata: bool) -> None:
+    def _note_written(self, array_path: str, arr: zarr.Array, lo: int, hi: int, metadata: bool,
+                      new: bool = False) -> None:
+        """Remember the files a write changed, for :meth:`sync_written`: the chunks of rows ``[lo, hi)``,
+        the array's zarr.json if its shape changed, and for a ``new`` array its groups' zarr.json too
+        (``data/images/zarr.json`` appears with the first camera)."""
         if not self.fsync:
             return
         array_dir = self.path / array_path
         files = {f for f, _, _ in chunk_files(array_dir, arr, lo, hi)}
         if metadata:
             files.add(array_dir / "zarr.json")
+        if new:
+            files |= {d / "zarr.json" for d in array_dir.parents if self.path in d.parents}
         with self._cache_lock:
             self._unsynced.setdefault(array_path, set()).update(files)
 
@@ -694,6 +701,8 @@ class EpisodeStore(EpisodeIndex):
             # No committed episode fixes the keys yet: drop the arrays so the next first episode may differ.
             del self._root["data"]
             self._root.create_group("data")
+            if self.fsync:
+                fsync_files([self.path / "data" / "zarr.json"], self.path)
             self._data_keys.clear()
             self._arrays = {k: v for k, v in self._arrays.items() if k.startswith("meta/")}
         for key in self.data_keys:
@@ -722,8 +731,17 @@ class EpisodeStore(EpisodeIndex):
                              f"(`robot-policy dataset validate {self.path}` lists every problem)")
 
     def _repair(self) -> None:
-        if "data" not in self._root:  # a crash inside discard_tail's re-creation of an empty store's data
+        """Undo what a crashed writer left (the lock is held): an uncommitted tail, a half-written commit,
+        the arrays of a first episode that never committed, zarr's temp files; add v2's hash array."""
+        if self.n_episodes == 0:
+            # Nothing is committed, so nothing under data/ is kept. Removed as files, not through zarr: a
+            # crash inside discard_tail's delete of the group can leave arrays zarr would list again.
+            shutil.rmtree(self.path / "data", ignore_errors=True)
             self._root.create_group("data")
+            if self.fsync:
+                fsync_files([self.path / "data" / "zarr.json"], self.path)
+            self._data_keys.clear()
+            self._arrays = {k: v for k, v in self._arrays.items() if k.startswith("meta/")}
         for key in fmt.OPTIONAL_META:
             if not self._has_meta(key):  # a v1 store: the episodes written from now on get hashes
                 meta = self._root["meta"]
