@@ -3,6 +3,7 @@ the ``--help`` every verb prints (its options from the config dataclasses, the c
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -63,6 +64,11 @@ def group_defaults(config_name: str) -> dict[str, str]:
     return {k: str(v) for entry in raw.get("defaults", []) if isinstance(entry, dict) for k, v in entry.items()}
 
 
+def _split_keys(tp: Any) -> str:
+    """The top-level keys of a config group's dataclass, for ``group.KEY=VALUE``."""
+    return ", ".join(f.name for f in dataclasses.fields(tp)) if dataclasses.is_dataclass(tp) else ""
+
+
 def options_help(schema: type, groups: Mapping[str, str] = {}) -> str:
     """The option table of config dataclass ``schema``: dotted key, type, default, doc. Fields named in
     ``groups`` (field -> chosen config) are config groups, listed after it with their choices."""
@@ -70,8 +76,10 @@ def options_help(schema: type, groups: Mapping[str, str] = {}) -> str:
     group_rows: list[str] = []
     for opt in options(schema):
         if opt.name in groups:
+            keys = _split_keys(opt.type)
             group_rows.append(f"  {opt.name}=NAME (default {groups[opt.name]}; available: "
-                              f"{', '.join(available_configs(opt.name))})\n      {opt.doc}")
+                              f"{', '.join(available_configs(opt.name))})\n      {opt.doc}"
+                              + (f"\n      keys: {keys}" if keys else ""))
         else:
             default = "(required)" if opt.default == "???" else _literal(opt.default)
             rows.append((opt.name, describe_type(opt.type), default, opt.doc))
