@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 from robot_policy.cli.main import main as cli_main
 from robot_policy.data.store import EpisodeStore
 from robot_policy.data.validate import validate_store
+from robot_policy.envs.base import ManipulationEnv
 from robot_policy.envs.registry import load_task_config, make_env
+from robot_policy.eval import policies
 from robot_policy.eval.harness import EvalConfig, evaluate
 from robot_policy.eval.stats import wilson_interval
 from robot_policy.eval.video import read_mp4
@@ -86,6 +89,23 @@ def test_collect_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "source: unknown 'teleop_glove'" in capsys.readouterr().err
 
 
+def test_collect_append_continues_the_seeds_up_to_the_episodes_asked_for(
+        collected: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store_path = tmp_path / "more.zarr"
+    shutil.copytree(collected, store_path)  # seeds 10, 11
+    args = ["collect", f"task={TASK}", f"out={store_path}", "append=true", "seed=10"]
+    # episodes=N is the size the store ends with; the new episode continues after the last recorded seed
+    assert cli_main([*args, "episodes=3"]) == 0
+    assert "held 2 episodes (seeds 10-11); added 1 to reach 3" in capsys.readouterr().out
+    store = EpisodeStore.open(store_path)
+    assert store.episode_meta()["seed"].tolist() == [10, 11, 12]
+    assert validate_store(store_path) == []
+    for n in (3, 2):  # already there: nothing is recorded
+        assert cli_main([*args, f"episodes={n}"]) == 0
+        assert f"holds 3 episodes (seeds 10-12), episodes={n}: nothing to do" in capsys.readouterr().out
+    assert EpisodeStore.open(store_path).n_episodes == 3
+
+
 def test_eval_scripted_writes_report_and_video(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     assert cli_main(["eval", f"task={TASK}", "policy=scripted", "episodes=2", "seed=500", f"out={out}",
@@ -123,6 +143,63 @@ def test_eval_accepts_any_predict_chunk_object_and_execute_horizon(tmp_path: Pat
                                                execute_horizon=5), progress=False)
     assert report["success_rate"] == 0.0 and report["per_episode"][0]["length"] == 30
     assert policy.calls == 6  # 30 steps / 5 executed per chunk
+
+
+def test_eval_refuses_an_execute_horizon_beyond_the_chunk(tmp_path: Path) -> None:
+    task = load_task_config(TASK, max_steps=30)
+    report = evaluate(task, HoldStill(), EvalConfig(episodes=2, seed=3, out=str(tmp_path), workers=1, videos=0,
+                                                    execute_horizon=64), progress=False)
+    # the object's chunk length is known only from a chunk: every episode fails on it, none runs capped
+    assert report["errored"] == 2 and report["success_rate"] == 0.0
+    want = ("ValueError: execute_horizon=64 is beyond the policy's chunk of 20 actions: choose 1..20 "
+            "(or leave it unset for the policy's own)")
+    assert {e["error"] for e in report["errors"]} == {want}
+    assert all(e["length"] == 0 for e in report["per_episode"])
+
+
+class RaisesOnSeed(HoldStill):
+    """HoldStill, except that the episode of ``bad_seed`` raises on its second chunk."""
+
+    def __init__(self, bad_seed: int, env: ManipulationEnv | None = None) -> None:
+        super().__init__()
+        self.bad_seed = bad_seed
+        self.seed = -1
+
+    def reset(self, seed: int) -> None:
+        self.seed, self.calls = seed, 0
+
+    def predict_chunk(self, obs: dict[str, np.ndarray]) -> ActionChunk:
+        if self.seed == self.bad_seed and self.calls == 1:
+            raise RuntimeError(f"policy blew up on seed {self.seed}")
+        return super().predict_chunk(obs)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_episode_that_raises_is_recorded_and_the_other_seeds_run(tmp_path: Path, workers: int) -> None:
+    task = load_task_config(TASK, max_steps=25)
+    report = evaluate(task, RaisesOnSeed(bad_seed=4), EvalConfig(episodes=3, seed=3, out=str(tmp_path),
+                                                                 workers=workers, videos=0), progress=False)
+    assert json.loads((tmp_path / "eval.json").read_text())["errored"] == 1
+    assert report["errors"] == [{"seed": 4, "error": "RuntimeError: policy blew up on seed 4"}]
+    by_seed = {e["seed"]: e for e in report["per_episode"]}
+    assert sorted(by_seed) == [3, 4, 5] and report["episodes"] == 3 and report["successes"] == 0
+    assert by_seed[4]["success"] is False and by_seed[4]["length"] == 10  # one chunk ran before the error
+    assert "policy blew up on seed 4" in by_seed[4]["traceback"]
+    assert by_seed[3]["error"] is None and by_seed[3]["length"] == by_seed[5]["length"] == 25
+
+
+def test_eval_cli_exits_nonzero_naming_each_error_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(policies._BUILTIN, "raises_on_seed_1", lambda env: RaisesOnSeed(1, env))
+    out = tmp_path / "eval"
+    code = cli_main(["eval", f"task={TASK}", "task.max_steps=25", "policy=raises_on_seed_1", "episodes=3",
+                     "seed=0", "workers=1", "videos=0", f"out={out}"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "1 of 3 episodes raised an error" in captured.err
+    assert captured.err.count("policy blew up on seed 1") == 1 and "seed 1: RuntimeError" in captured.err
+    assert "success 0/3" in captured.out  # the report is still written and summarised
+    assert json.loads((out / "eval.json").read_text())["errored"] == 1
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Training end to end on a tiny store: checkpoints, loading the policy, config errors, kill-and-resume, DDP.
+"""Training end to end on a tiny store: checkpoints, loading the policy, config errors, kill-and-resume,
+stop on SIGINT/SIGTERM, extending a run, DDP; and eval's refusals that need a trained checkpoint.
 
 Every run trains ``rdt_tiny`` for STEPS steps on a 3-episode pybullet store with the same config, so the
 uninterrupted in-process run is the reference the resumed and the data-parallel runs are compared with.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from robot_policy.cli.main import main as cli_main
 from robot_policy.envs.registry import make_env
 from robot_policy.models import checkpoint as ckpt
 from robot_policy.policies.diffusion import DiffusionPolicy
+from robot_policy.train.schedule import cosine_with_warmup, make_scheduler
 
 TASK = "pybullet_bimanual_lift"
 STEPS, CKPT_EVERY, BATCH = 30, 5, 8
@@ -41,9 +44,9 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def read_metrics(run: Path) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
-    """Per-step training entries (loss_last, lr, grad_norm, ...) and ``val_loss`` of a run; every step must be
-    logged exactly once."""
+def read_metrics(run: Path, steps: int = STEPS) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
+    """Per-step training entries (loss_last, lr, grad_norm, ...) and ``val_loss`` of a run; every step
+    1..``steps`` must be logged exactly once."""
     train: dict[int, dict[str, float]] = {}
     val: dict[int, float] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -55,7 +58,7 @@ def read_metrics(run: Path) -> tuple[dict[int, dict[str, float]], dict[int, floa
         else:
             assert step not in train, f"step {step} logged twice in {run}"
             train[step] = entry
-    assert sorted(train) == list(range(1, STEPS + 1)), f"{run}: logged steps {sorted(train)}"
+    assert sorted(train) == list(range(1, steps + 1)), f"{run}: logged steps {sorted(train)}"
     return train, val
 
 
@@ -153,16 +156,157 @@ def test_bad_train_configs_fail_with_a_clear_message(store: Path, reference_run:
     assert ckpt.latest_checkpoint(reference_run) == reference_run / "checkpoints" / f"step_{STEPS:07d}"
 
 
-def test_resume_into_an_empty_directory_starts_a_new_run(store: Path, tmp_path: Path) -> None:
-    out = tmp_path / "empty"
-    out.mkdir()
+def run_cli(args: list[str]) -> int:
+    """``cli_main`` in this process, restoring the torch thread count a run sets."""
     threads = torch.get_num_threads()
     try:
-        assert cli_main(["train", f"dataset.path={store}", f"out={out}", "policy=rdt_tiny", "steps=2",
-                         f"batch_size={BATCH}", "resume=true", "torch_threads=1", "progress=false"]) == 0
+        return cli_main(args)
     finally:
         torch.set_num_threads(threads)
-    assert ckpt.latest_checkpoint(out) == out / "checkpoints" / "step_0000002"
+
+
+def test_resume_with_nothing_to_resume_is_an_error(store: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out, why in ((empty, f"{empty} has no checkpoints under {empty / 'checkpoints'}"),
+                     (tmp_path / "missing", f"{tmp_path / 'missing'} does not exist")):
+        assert run_cli(train_args(store, out, "resume=true", "steps=2")) == 1
+        err = capsys.readouterr().err
+        assert f"resume=true, but there is nothing to resume: {why}" in err and "drop resume=true" in err
+        assert ckpt.latest_checkpoint(out) is None
+
+
+def test_train_refuses_what_does_not_fit_naming_both_sides(store: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "refused"
+    args = train_args(store, out, "steps=1")  # steps=1: the old behaviour (training anyway) stays quick
+    assert run_cli([*args, "task=robosuite_two_arm_lift"]) == 2
+    err = capsys.readouterr().err
+    assert f"task=robosuite_two_arm_lift, but {store} records task {TASK}" in err
+    assert run_cli([*args, f"dataset.paths=[{store}]"]) == 2
+    err = capsys.readouterr().err
+    assert f"dataset.path={store} and dataset.paths=['{store}'] are both given" in err
+    # an image policy on a state-only store: no silent state-only model
+    assert run_cli([*args, "policy=rdt_small_image"]) == 1
+    err = capsys.readouterr().err
+    assert "camera 'overhead', which no store records" in err and f"{store} records no cameras" in err
+    assert run_cli([*args, "policy=rdt_small_image", "cameras=[]"]) == 1
+    err = capsys.readouterr().err
+    assert "image policy (obs_encoder.cameras=['overhead'])" in err and "cameras=[]" in err
+    assert ckpt.latest_checkpoint(out) is None
+    # the task the store records, named or left out, trains
+    assert run_cli([*args, f"task={TASK}"]) == 0
+
+
+def test_a_larger_steps_on_resume_extends_the_run(store: Path, reference_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    more = STEPS + 4
+    runs = []
+    for name in ("extended", "again"):
+        out = tmp_path / name
+        shutil.copytree(reference_run, out, symlinks=True)  # a finished run of STEPS steps
+        assert run_cli([*train_args(store, out), "resume=true", f"steps={more}"]) == 0
+        assert f"resuming {out} from step {STEPS}; steps {STEPS} -> {more}" in capsys.readouterr().err
+        runs.append(out)
+    entries, _ = read_metrics(runs[0], steps=more)
+    # the schedule is rebuilt for the new total and continues at the saved step (lr logged after each step)
+    peak = ckpt.load_config(ckpt.latest_checkpoint(runs[0]))["train"]["optim"]["lr"]
+    for step in range(STEPS + 1, more + 1):
+        assert entries[step]["lr"] == pytest.approx(peak * cosine_with_warmup(step, 5, more), rel=1e-12)
+    assert ckpt.load_config(ckpt.latest_checkpoint(runs[0]))["lr_schedule"] == [
+        {"from_step": 0, "total_steps": STEPS}, {"from_step": STEPS, "total_steps": more}]
+    assert_same_weights(runs[0], runs[1], rtol=0, atol=0, step=more)  # deterministic
+    # a steps that leaves nothing to train says so
+    assert run_cli([*train_args(store, runs[0]), "resume=true", f"steps={more}"]) == 1
+    assert f"is at step {more}; steps={more} leaves nothing to train" in capsys.readouterr().err
+
+
+def test_a_resumed_scheduler_sets_the_rate_of_its_step_for_the_new_total() -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = make_scheduler(optimizer, 5, 30)
+    for _ in range(30):
+        optimizer.step()
+        scheduler.step()
+    state = optimizer.state_dict()
+    for total in (30, 60):
+        restored = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        restored.load_state_dict(state)
+        resumed = make_scheduler(restored, 5, total, last_step=30)
+        assert restored.param_groups[0]["lr"] == 1e-3 * cosine_with_warmup(30, 5, total)
+        assert resumed.last_epoch == 30
+
+
+def _signal_once_training(cmd: list[str], out: Path, log: Path, sig: int, timeout: float = 120.0) -> int:
+    """Start ``cmd``, send ``sig`` once it has logged a step; returns its exit code."""
+    metrics = out / "metrics.jsonl"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=subprocess_env())
+    deadline = time.monotonic() + timeout
+    try:
+        while not (metrics.exists() and '"loss"' in metrics.read_text()):
+            if proc.poll() is not None:
+                pytest.fail(f"training exited ({proc.returncode}) before logging a step:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no step logged after {timeout} s:\n{log.read_text()}")
+            time.sleep(0.01)
+        os.kill(proc.pid, sig)
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_step_it_stopped_at_and_resume_continues(store: Path, tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "stopped"
+    robot_policy = str(Path(sys.executable).with_name("robot-policy"))
+    # no periodic checkpoint: the only one is the one the signal writes
+    cmd = [robot_policy, *train_args(store, out, "steps=100000", "ckpt_every=100000", "val_every=100000")]
+    code = _signal_once_training(cmd, out, tmp_path / "stopped.log", sig)
+    log = (tmp_path / "stopped.log").read_text()
+    assert code == 128 + sig, log
+    latest = ckpt.latest_checkpoint(out)
+    assert latest is not None, log
+    stopped_at = int(ckpt.load_config(latest)["step"])
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) == stopped_at  # the step in progress finished and was saved, nothing after it ran
+    assert f"interrupted by {signal.Signals(sig).name} after step {stopped_at}: wrote {latest}" in log
+    if sig != signal.SIGINT:
+        return
+    done = subprocess.run([robot_policy, *train_args(store, out, f"steps={stopped_at + 2}", "resume=true")],
+                          check=False, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {out} from step {stopped_at}" in done.stderr
+    read_metrics(out, steps=stopped_at + 2)  # each step once: 1..stopped_at, then the resumed two
+    assert ckpt.latest_checkpoint(out) == out / "checkpoints" / f"step_{stopped_at + 2:07d}"
+
+
+def test_eval_of_a_missing_or_corrupt_checkpoint_fails_once(reference_run: Path, tmp_path: Path,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(reference_run / "checkpoints" / f"step_{STEPS:07d}", corrupt)
+    (corrupt / ckpt.CONFIG).write_text('{"format": "robot_policy.checkpoint/1", "pol')  # truncated
+    missing = tmp_path / "no_run" / "checkpoints" / "latest"
+    for policy, says in ((missing, f"policy {missing}: no such checkpoint directory"), (corrupt, str(corrupt))):
+        # two workers: errors used to print one traceback per worker, then "terminated abruptly"
+        assert run_cli(["eval", f"task={TASK}", f"policy={policy}", "episodes=2", "workers=2", "videos=0",
+                        f"out={tmp_path / 'eval'}"]) != 0
+        err = capfd.readouterr().err  # capfd: also what worker processes would write
+        assert err.count(says) == 1, err
+        assert "Traceback" not in err and "terminated abruptly" not in err, err
+    assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_eval_refuses_an_execute_horizon_beyond_the_checkpoint_chunk(reference_run: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["eval", f"task={TASK}", f"policy={reference_run}", "execute_horizon=64", "episodes=1",
+                    "workers=1", "videos=0", f"out={tmp_path / 'eval'}"]) == 1
+    err = capsys.readouterr().err
+    assert "execute_horizon=64 is beyond the policy's chunk of 8 actions" in err  # rdt_tiny: Ta = 8
+    assert not (tmp_path / "eval" / "eval.json").exists()
 
 
 def _kill_after_first_checkpoint(cmd: list[str], out: Path, log: Path, timeout: float = 120.0) -> int:
@@ -230,9 +374,9 @@ def test_two_process_ddp_matches_one_process(store: Path, reference_run: Path, t
     assert_same_weights(reference_run, out, rtol=1e-5, atol=1e-6)
 
 
-def assert_same_weights(want_run: Path, got_run: Path, rtol: float, atol: float) -> None:
+def assert_same_weights(want_run: Path, got_run: Path, rtol: float, atol: float, step: int = STEPS) -> None:
     """Final raw weights (train state) and EMA weights (model.safetensors) of two runs agree."""
-    final = f"checkpoints/step_{STEPS:07d}"
+    final = f"checkpoints/step_{step:07d}"
     for name in (ckpt.MODEL, ckpt.TRAIN_STATE):
         want, got = load_file(str(want_run / final / name)), load_file(str(got_run / final / name))
         assert want.keys() == got.keys()
@@ -243,11 +387,7 @@ def assert_same_weights(want_run: Path, got_run: Path, rtol: float, atol: float)
 
 def test_resume_refuses_a_changed_run(store: Path, reference_run: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    threads = torch.get_num_threads()
-    try:
-        code = cli_main([*train_args(store, reference_run), "resume=true", "optim.lr=0.01"])
-    finally:
-        torch.set_num_threads(threads)
+    code = run_cli([*train_args(store, reference_run), "resume=true", "optim.lr=0.01", f"steps={STEPS + 1}"])
     assert code == 1
     err = capsys.readouterr().err
     assert "cannot resume" in err and "train.optim" in err and "0.01" in err

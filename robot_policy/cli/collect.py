@@ -7,7 +7,7 @@ prints the expert's success rate at the end. Task options are overridable too, e
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
@@ -36,11 +36,7 @@ def main(argv: list[str]) -> int:
         summary = collect(task, cfg)
     except (RuntimeError, ValueError) as e:
         return fail(str(e), code=1)
-    print(f"wrote {summary['episodes_written']} episodes ({summary['steps']} steps) to {summary['out']} "
-          f"in {summary['elapsed_s']:.1f} s")
-    print(f"expert success: {summary['expert_successes']}/{summary['attempts']} = "
-          f"{summary['expert_success_rate']:.1%} (95% CI {summary['ci95_low']:.1%}-{summary['ci95_high']:.1%}), "
-          f"seeds {summary['first_seed']}-{summary['last_seed']}")
+    print(_describe(summary, cfg.episodes))
     return 0
 
 
@@ -54,3 +50,17 @@ def parse_collect_config(argv: list[str]) -> tuple[TaskConfig, CollectConfig]:
     assert isinstance(raw, dict)
     task = task_config_from_dict(raw.pop("task"), where="task")
     return task, to_dataclass(CollectConfig, raw, "collect")
+
+
+def _describe(summary: dict[str, Any], episodes: int) -> str:
+    """What the run did to the store, in the terms of ``episodes=N`` (the size the store ends with)."""
+    out, existing, recorded = summary["out"], summary["existing_episodes"], summary["recorded_seeds"]
+    seeds = f" (seeds {recorded[0]}-{recorded[1]})" if recorded else ""
+    if summary["attempts"] == 0:
+        return f"{out} holds {existing} episodes{seeds}, episodes={episodes}: nothing to do (raise episodes= to add more)"
+    did = (f"{out} held {existing} episodes{seeds}; added {summary['episodes_written']} to reach "
+           f"{summary['store_episodes']}" if existing else f"wrote {summary['episodes_written']} episodes to {out}")
+    return (f"{did} ({summary['steps']} steps in {summary['elapsed_s']:.1f} s)\n"
+            f"expert success: {summary['expert_successes']}/{summary['attempts']} = "
+            f"{summary['expert_success_rate']:.1%} (95% CI {summary['ci95_low']:.1%}-{summary['ci95_high']:.1%}), "
+            f"seeds {summary['first_seed']}-{summary['last_seed']}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
         print(verb_help(__doc__ or "", eval_schema(), "eval"))
         return 0
-    from robot_policy.eval.harness import evaluate
+    from robot_policy.eval.harness import error_message, evaluate
 
     try:
         task, policy, cfg = parse_eval_config(argv)
@@ -46,14 +46,29 @@ def main(argv: list[str]) -> int:
         return fail(str(e))
     try:
         report = evaluate(task, str(policy), cfg, policy_name=str(policy), command=command_line("eval", argv))
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        return fail(str(e), code=1)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:  # EvalSetupError is a RuntimeError
+        return fail(error_message(e), code=1)
     print(f"{report['task']} / {report['policy']}: success {report['successes']}/{report['episodes']} = "
           f"{report['success_rate']:.1%} (95% CI {report['ci95_low']:.1%}-{report['ci95_high']:.1%}), "
           f"mean episode length {report['mean_episode_length']:.1f}, seeds {report['seed']}-"
           f"{report['seed'] + report['episodes'] - 1}")
     print(f"wrote {Path(cfg.out) / 'eval.json'}" + (f" and {cfg.videos} videos" if cfg.videos else ""))
+    if report["errored"]:
+        return fail(_errors(report), code=1)
     return 0
+
+
+def _errors(report: dict[str, Any]) -> str:
+    """The episodes that raised, each distinct error once with the seeds it hit."""
+    seeds: dict[str, list[int]] = {}
+    for e in report["errors"]:
+        seeds.setdefault(e["error"], []).append(e["seed"])
+    head = (f"{report['errored']} of {report['episodes']} episodes raised an error (counted as failed; "
+            "tracebacks in eval.json per_episode):")
+    lines = [head]
+    for error, hit in seeds.items():
+        lines.append(f"  seed{'s' if len(hit) > 1 else ''} {', '.join(map(str, hit))}: {error}")
+    return "\n".join(lines)
 
 
 def parse_eval_config(argv: list[str]) -> tuple[TaskConfig, str, EvalConfig]:

@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
         print(verb_help(__doc__ or "", train_schema(), "train"))
         return 0
     from robot_policy.train.config import parse_train_config
-    from robot_policy.train.loop import train
+    from robot_policy.train.loop import TrainingInterrupted, train
 
     try:
         cfg, policy = parse_train_config(argv)
@@ -28,7 +28,12 @@ def main(argv: list[str]) -> int:
         return fail(str(e))
     try:
         run_dir = train(cfg, policy, command=command_line("train", argv))
-    except (FileExistsError, ValueError, KeyError) as e:
+    except TrainingInterrupted as e:  # SIGINT/SIGTERM: the last finished step is saved
+        return fail(str(e), code=e.exit_code)
+    except KeyboardInterrupt as e:  # before the loop, or a second Ctrl-C: nothing written since the last save
+        return fail(f"interrupted ({e or 'before training started'}); checkpoints are as the last save left "
+                    "them", code=130)
+    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
         return fail(str(e), code=1)
     print(f"trained {cfg.steps} steps; checkpoints in {run_dir / 'checkpoints'}")
     return 0

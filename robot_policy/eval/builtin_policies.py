@@ -16,6 +16,9 @@ class ScriptedPolicy:
     It reads the simulator, so it only runs next to its env. ``noise`` is the expert's perturbation scale.
     """
 
+    #: actions per chunk: one, it replans every step
+    horizon = 1
+
     def __init__(self, env: ManipulationEnv, noise: float = 0.0) -> None:
         self.env = env
         self.expert = make_expert(env, noise=noise)

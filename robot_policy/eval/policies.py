@@ -8,6 +8,7 @@ from typing import Any
 
 from robot_policy.envs.base import ManipulationEnv
 from robot_policy.eval.builtin_policies import RandomPolicy, ScriptedPolicy
+from robot_policy.models import checkpoint as ckpt
 from robot_policy.policies.base import Policy
 
 PolicyFactory = Callable[..., Policy]
@@ -22,8 +23,9 @@ def register_policy(name: str, factory: PolicyFactory) -> None:
 
 
 def is_checkpoint(spec: str | Path) -> bool:
+    """A checkpoint directory, or a run directory with checkpoints."""
     path = Path(spec)
-    return path.is_dir() and (path / "config.json").exists()
+    return path.is_dir() and ((path / ckpt.CONFIG).exists() or ckpt.latest_checkpoint(path) is not None)
 
 
 def load_policy(spec: str | Path, env: ManipulationEnv, **kwargs: Any) -> Policy:
@@ -41,7 +43,12 @@ def load_policy(spec: str | Path, env: ManipulationEnv, **kwargs: Any) -> Policy
         return DiffusionPolicy.from_checkpoint(spec, **kwargs)
     name = str(spec)
     if name not in _BUILTIN:
-        hint = " (a path that is not a checkpoint directory with config.json)" if ("/" in name or Path(name).exists()) else ""
-        raise KeyError(f"unknown policy {name!r}{hint}; built-in policies: {', '.join(sorted(_BUILTIN))}, "
-                       "or a checkpoint directory")
+        choices = f"built-in policies: {', '.join(sorted(_BUILTIN))}, or a checkpoint directory"
+        path = Path(name)
+        if path.exists():
+            raise KeyError(f"policy {name}: not a checkpoint directory (no {ckpt.CONFIG}) nor a run directory "
+                           f"with checkpoints; {choices}")
+        if "/" in name or isinstance(spec, Path):
+            raise KeyError(f"policy {name}: no such checkpoint directory; {choices}")
+        raise KeyError(f"unknown policy {name!r}; {choices}")
     return _BUILTIN[name](env, **kwargs)

@@ -48,7 +48,8 @@ class DiffusionPolicy:
         self.device = torch.device(device)
         cfg = model.cfg
         if not 1 <= execute_horizon <= cfg.horizon:
-            raise ValueError(f"execute_horizon must be in [1, {cfg.horizon}], got {execute_horizon}")
+            raise ValueError(f"execute_horizon={execute_horizon} does not fit the policy's chunk of {cfg.horizon} "
+                             f"actions (its horizon): choose 1..{cfg.horizon}")
         self.execute_horizon = execute_horizon
         self.cameras = list(cfg.obs_encoder.cameras)
         self.object_state_dim = cfg.obs_encoder.object_state_dim

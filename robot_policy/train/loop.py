@@ -7,6 +7,15 @@ every global batch (see :mod:`robot_policy.data.mixture`), so results match one 
 batch. Rank 0 writes checkpoints (every ``ckpt_every`` steps and at the end), TensorBoard logs and
 ``metrics.jsonl``. ``resume=True`` continues the run in ``out`` from its latest checkpoint: the same
 batches and random draws follow, so the loss curve continues as if never interrupted.
+
+SIGINT or SIGTERM stops the run after the step in progress: a checkpoint of that step is written and
+:class:`TrainingInterrupted` is raised (the CLI exits 130 / 143); a second signal aborts at once.
+
+A resumed run may change ``steps`` (to extend a finished run, or end it earlier): the batches and random
+draws of every step are unchanged (functions of ``(seed, step)``), and the cosine LR schedule is rebuilt
+for the new total and continued at the checkpoint's step, so from there on the learning rate is what a run
+planned for the new total would use (after a finished run decayed to ``min_lr_ratio``, extending it raises
+the rate again). The checkpoints record each change in ``lr_schedule``.
 """
 
 from __future__ import annotations
@@ -14,10 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -136,9 +148,11 @@ def build_data(cfg: TrainConfig, obs_horizon: int, horizon: int, image_size: tup
     obj_dims = [s.array(fmt.OBJECT_STATE).shape[1] if fmt.OBJECT_STATE in s.data_keys else 0 for s in stores]
     object_dim = max(obj_dims) if cfg.use_object_state else 0
     for cam in cfg.cameras:
-        if not any(cam in s.cameras for s in stores):
-            raise ValueError(f"camera {cam!r} is in none of the stores (they have "
-                             f"{sorted({c for s in stores for c in s.cameras})})")
+        if not any(cam in s.cameras for s in stores):  # a camera some stores lack is blank there (mixing)
+            held = "; ".join(f"{s.path} records {sorted(s.cameras) or 'no cameras'}" for s in stores)
+            raise ValueError(f"cameras: the policy is to see camera {cam!r}, which no store records ({held}): "
+                             f"collect with task.cameras=[{cam}], or choose cameras= among the stores' "
+                             "(cameras=[] and a state policy such as rdt_small for state only)")
         for s in stores:
             if cam in s.cameras and (s.cameras[cam].height, s.cameras[cam].width) != tuple(image_size):
                 raise ValueError(f"{s.path}: camera {cam!r} records {s.cameras[cam].height}x{s.cameras[cam].width} "
@@ -174,10 +188,18 @@ def build_data(cfg: TrainConfig, obs_horizon: int, horizon: int, image_size: tup
 
 
 def complete_policy_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -> RDTConfig:
-    """Fill the observation encoder from the data: which cameras, which object-state width."""
+    """Fill the observation encoder from the data: which cameras, which object-state width.
+
+    A policy config that names cameras (``obs_encoder.cameras``, e.g. ``rdt_small_image``) is an image
+    policy: training it on no cameras would silently give a state-only model, so that is refused.
+    """
     if cfg.execute_horizon is not None and not 1 <= cfg.execute_horizon <= policy.horizon:
-        raise ValueError(f"execute_horizon must be in [1, {policy.horizon}] (the policy's horizon), "
-                         f"got {cfg.execute_horizon}")
+        raise ValueError(f"execute_horizon={cfg.execute_horizon} does not fit the policy's chunk of "
+                         f"{policy.horizon} actions (horizon): choose 1..{policy.horizon}")
+    if policy.obs_encoder.cameras and not cfg.cameras:
+        raise ValueError(f"cameras=[]: the policy config is an image policy (obs_encoder.cameras="
+                         f"{list(policy.obs_encoder.cameras)}) and would train without images; name its "
+                         "cameras (cameras=[...]) or use a state policy such as rdt_small")
     obs = dataclasses.replace(policy.obs_encoder, cameras=list(cfg.cameras),
                               object_state_dim=data.train.object_state_dim)
     return dataclasses.replace(policy, obs_encoder=obs)
@@ -201,8 +223,9 @@ def checkpoint_config(policy: RDTConfig, cfg: TrainConfig, data: TrainingData) -
 
 
 #: TrainConfig fields a resumed run may change: they do not alter which batches or updates come next
+#: (``steps`` changes the LR schedule from the checkpoint on, as documented at the top of this module)
 _RESUME_MAY_CHANGE = {"resume", "progress", "num_workers", "device", "torch_threads", "out", "keep_checkpoints",
-                      "log_every", "val_every", "val_batches", "ckpt_every"}
+                      "log_every", "val_every", "val_batches", "ckpt_every", "steps"}
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -275,13 +298,105 @@ class _Logger:
             self.tb.close()
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal after writing a checkpoint of its last finished step.
+
+    A ``KeyboardInterrupt``, so callers that catch ``Exception`` (the demo's stages) stop too.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}: wrote {checkpoint}; "
+                         "continue with resume=true")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for death by this signal (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM handlers for the loop: the first signal only records itself, so the step in progress
+    finishes and the loop saves it; a second one raises KeyboardInterrupt at once (the user insists).
+
+    Handlers can only be installed from the main thread; elsewhere (a library caller's worker thread)
+    signals keep their default behaviour.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0  # 0 = no stop requested
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum:
+            self._restore()
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: aborted without saving")
+        self.signum = signum
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
+def _agreed_stop(signum: int, ctx: DistributedContext, device: torch.device) -> int:
+    """The stop request of any rank (the largest signal number), so all ranks leave after the same step:
+    a rank that left alone would hang the others in their next collective."""
+    if ctx.world_size == 1:
+        return signum
+    import torch.distributed as dist
+
+    flag = torch.tensor([signum], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
 def train(cfg: TrainConfig, policy: RDTConfig, command: str | None = None) -> Path:
     """Run training; returns the run directory. Call under torchrun for data-parallel training.
 
     ``command`` (the CLI line that asked for it) is recorded in train_config.json and the checkpoints.
+
+    Raises:
+        FileExistsError: ``out`` holds checkpoints and ``resume`` is false.
+        FileNotFoundError: ``resume`` is true and ``out`` holds no checkpoint.
+        ValueError: the data or settings do not fit the policy, or differ from the checkpoint's.
+        TrainingInterrupted: SIGINT/SIGTERM; the last finished step was saved first.
     """
     with distributed_context() as ctx:
         return _train(cfg, policy, ctx, command)
+
+
+def _resume_point(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from (None for a new run); refuses a resume with nothing to resume and a
+    new run over an old one."""
+    existing = ckpt.latest_checkpoint(run_dir)
+    if cfg.resume and existing is None:
+        where = "does not exist" if not run_dir.exists() else f"has no checkpoints under {run_dir / 'checkpoints'}"
+        raise FileNotFoundError(f"resume=true, but there is nothing to resume: {run_dir} {where}; "
+                                "drop resume=true to start a new run there")
+    if not cfg.resume and existing is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass resume=true to continue it, "
+                              "or choose another out=")
+    return existing
+
+
+def _lr_schedule(saved: dict[str, Any] | None, start_step: int, steps: int) -> list[dict[str, int]]:
+    """The LR schedule history recorded in checkpoints: from which step the cosine ran for which total."""
+    if saved is None:
+        return [{"from_step": 0, "total_steps": steps}]
+    history = list(saved.get("lr_schedule") or [{"from_step": 0, "total_steps": saved["train"]["steps"]}])
+    if history[-1]["total_steps"] != steps:
+        history.append({"from_step": start_step, "total_steps": steps})
+    return history
 
 
 def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command: str | None) -> Path:
@@ -289,11 +404,11 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     device = _device(cfg.device, ctx)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    existing = ckpt.latest_checkpoint(run_dir)
-    latest = existing if cfg.resume else None
-    if not cfg.resume and existing is not None:
-        raise FileExistsError(f"{run_dir} already holds checkpoints: pass resume=true to continue it, "
-                              "or choose another out=")
+    latest = _resume_point(cfg, run_dir)
+    saved = ckpt.load_config(latest) if latest is not None else None
+    if saved is not None and int(saved["step"]) >= cfg.steps:
+        raise ValueError(f"{latest} is at step {saved['step']}; steps={cfg.steps} leaves nothing to train: "
+                         f"pass steps= above {saved['step']} to extend the run")
     height, width = policy.obs_encoder.image_size
     data = build_data(cfg, policy.obs_encoder.n_obs_steps, policy.horizon, (height, width))
     policy = complete_policy_config(policy, cfg, data)
@@ -302,13 +417,22 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     ema = EMA(model, max_decay=cfg.optim.ema_max_decay, power=cfg.optim.ema_power)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
     config_json = checkpoint_config(policy, cfg, data)
     config_json["command"] = command
     start_step = 0
-    if latest is not None:
-        check_resumable(ckpt.load_config(latest), json.loads(json.dumps(config_json, default=str)))
-        start_step = _restore(latest, model, ema, optimizer, scheduler)
+    if latest is not None and saved is not None:
+        check_resumable(saved, json.loads(json.dumps(config_json, default=str)))
+        start_step = _restore(latest, model, ema, optimizer)
+    config_json["lr_schedule"] = _lr_schedule(saved, start_step, cfg.steps)
+    # Built after the optimizer state is restored: positioned at start_step, for this run's total.
+    scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio,
+                               last_step=start_step)
+    if saved is not None and ctx.is_main:
+        changed = saved["train"]["steps"] != cfg.steps
+        _say(f"resuming {run_dir} from step {start_step}"
+             + (f"; steps {saved['train']['steps']} -> {cfg.steps}: the cosine LR schedule is rebuilt for "
+                f"{cfg.steps} steps and continues at step {start_step} (lr {scheduler.get_last_lr()[0]:.3g})"
+                if changed else ""))
     language = LanguageTable(make_text_encoder(policy.text_encoder, policy.lang_dim, policy.max_lang_tokens),
                              data.train.languages).to(device)
     loss_module: nn.Module = DiffusionLoss(model)
@@ -329,39 +453,55 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     window_loss, window_n, t_last, samples = 0.0, 0, time.perf_counter(), 0
     t_start = t_last
     model.train()
-    for step, batch in zip(range(start_step, cfg.steps), loader):
-        r = StepRandomness.draw(cfg.seed, step, cfg.batch_size, policy.horizon, max(len(cfg.cameras), 1),
-                                policy.diffusion.num_train_timesteps, policy.cond_dropout)
-        r = r.rows(ctx.rank, ctx.world_size).to(device)
-        inputs = make_model_inputs(batch, data.normalizer, language, device)
-        actions = normalized_actions(batch, data.normalizer, device)
-        loss, grad_norm = bc_step(inputs, actions, r)
-        loss_value = ctx.mean(loss).item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}; last checkpoint: "
-                                     f"{ckpt.latest_checkpoint(run_dir)}")
-        window_loss, window_n, samples = window_loss + loss_value, window_n + 1, samples + cfg.batch_size
-        done = step + 1
-        bar.update(1)
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            now = time.perf_counter()
-            logger.log(done, {"loss": window_loss / window_n, "loss_last": loss_value, "lr": float(scheduler.get_last_lr()[0]),
-                              "grad_norm": float(grad_norm), "samples_per_s": samples / (now - t_last),
-                              "train_seconds": logger.previous_seconds + now - t_start,
-                              "ema_decay": ema.decay()})
-            bar.set_postfix(loss=f"{window_loss / window_n:.4f}")
-            window_loss, window_n, t_last, samples = 0.0, 0, now, 0
-        if data.val is not None and (done % cfg.val_every == 0 or done == cfg.steps):
-            ema_model = ema.model
-            assert isinstance(ema_model, RDTPolicyModel)
-            logger.log(done, {"val_loss": _validation_loss(ema_model, data, language, cfg, policy, device)})
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            if ctx.is_main:
-                _save(run_dir, done, config_json, model, ema, optimizer, scheduler, cfg.keep_checkpoints)
-            ctx.barrier()
-    bar.close()
-    logger.close()
+    try:
+        with _StopOnSignal() as stop:
+            for step, batch in zip(range(start_step, cfg.steps), loader):
+                r = StepRandomness.draw(cfg.seed, step, cfg.batch_size, policy.horizon, max(len(cfg.cameras), 1),
+                                        policy.diffusion.num_train_timesteps, policy.cond_dropout)
+                r = r.rows(ctx.rank, ctx.world_size).to(device)
+                inputs = make_model_inputs(batch, data.normalizer, language, device)
+                actions = normalized_actions(batch, data.normalizer, device)
+                loss, grad_norm = bc_step(inputs, actions, r)
+                loss_value = ctx.mean(loss).item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at step {step}; last checkpoint: "
+                                             f"{ckpt.latest_checkpoint(run_dir)}")
+                window_loss, window_n, samples = window_loss + loss_value, window_n + 1, samples + cfg.batch_size
+                done = step + 1
+                bar.update(1)
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    now = time.perf_counter()
+                    logger.log(done, {"loss": window_loss / window_n, "loss_last": loss_value,
+                                      "lr": float(scheduler.get_last_lr()[0]), "grad_norm": float(grad_norm),
+                                      "samples_per_s": samples / (now - t_last),
+                                      "train_seconds": logger.previous_seconds + now - t_start,
+                                      "ema_decay": ema.decay()})
+                    bar.set_postfix(loss=f"{window_loss / window_n:.4f}")
+                    window_loss, window_n, t_last, samples = 0.0, 0, now, 0
+                if data.val is not None and (done % cfg.val_every == 0 or done == cfg.steps):
+                    ema_model = ema.model
+                    assert isinstance(ema_model, RDTPolicyModel)
+                    logger.log(done, {"val_loss": _validation_loss(ema_model, data, language, cfg, policy, device)})
+                # Checked after the step, so a stop leaves a checkpoint of a finished step and resuming from
+                # it continues the same (seed, step) sequence.
+                signum = _agreed_stop(stop.signum, ctx, device)
+                if done % cfg.ckpt_every == 0 or done == cfg.steps or signum:
+                    if ctx.is_main:
+                        _save(run_dir, done, config_json, model, ema, optimizer, scheduler, cfg.keep_checkpoints)
+                    ctx.barrier()
+                if signum and done < cfg.steps:
+                    written = ckpt.latest_checkpoint(run_dir)  # after the barrier: rank 0 wrote it
+                    assert written is not None
+                    raise TrainingInterrupted(signum, done, written)
+    finally:
+        bar.close()
+        logger.close()
     return run_dir
+
+
+def _say(message: str) -> None:
+    """A line for the user on stderr, beside the progress bar."""
+    tqdm.write(message, file=sys.stderr)
 
 
 @torch.no_grad()
@@ -391,12 +531,14 @@ def _save(run_dir: Path, step: int, config: dict[str, Any], model: nn.Module, em
     return ckpt.save_checkpoint(run_dir, step, config, ema.model.state_dict(), train_tensors, train_json, keep)
 
 
-def _restore(path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+def _restore(path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer) -> int:
+    """Load weights, EMA and optimizer state (with each group's ``initial_lr``) from ``path``; returns its
+    step. The LR scheduler is not loaded: it is rebuilt at that step (see :func:`make_scheduler`), the
+    same state for an unchanged ``steps`` and the documented continuation for a changed one."""
     meta = ckpt.load_config(path)
     tensors, plain = ckpt.load_train_state(path)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.model.load_state_dict(ckpt.load_model_state(path))
     ema.step = int(plain["ema_step"])
     optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, plain["optimizer"]))
-    scheduler.load_state_dict(plain["scheduler"])
     return int(meta["step"])

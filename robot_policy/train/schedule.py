@@ -17,5 +17,9 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_ratio
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                   min_ratio: float = 0.0) -> LambdaLR:
-    return LambdaLR(optimizer, lambda s: cosine_with_warmup(s, warmup_steps, total_steps, min_ratio))
+                   min_ratio: float = 0.0, last_step: int = 0) -> LambdaLR:
+    """The schedule for a run of ``total_steps``, positioned after ``last_step`` finished steps: the
+    optimizer's learning rate is set for step ``last_step`` (0-based). ``last_step > 0`` continues a run
+    whose optimizer state (with each group's ``initial_lr``) was restored, for the same or a new total."""
+    return LambdaLR(optimizer, lambda s: cosine_with_warmup(s, warmup_steps, total_steps, min_ratio),
+                    last_epoch=last_step - 1)
