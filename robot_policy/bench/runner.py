@@ -197,21 +197,6 @@ BENCHES: dict[str, tuple[Callable[[list[str]], tuple[str, list[Row], dict[str, A
 }
 
 
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default_factory is not dataclasses.MISSING:  # lists: field(default_factory=...)
-        return f.default_factory()
-    return f.default
-
-
-def _config_help(target: str) -> str:
-    import importlib
-
-    module, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
-    lines = [f"  {f.name} = {_default(f)!r}" for f in dataclasses.fields(cls)]
-    return "options:\n" + "\n".join(lines)
-
-
 def run_bench(name: str, overrides: list[str], command: str) -> tuple[Path, list[Row]]:
     """Run benchmark ``name`` with ``key=value`` overrides; write its JSON and BENCHMARKS.md section."""
     if name not in BENCHES:
@@ -220,7 +205,3 @@ def run_bench(name: str, overrides: list[str], command: str) -> tuple[Path, list
     title, rows, results, notes = run(overrides)
     return write_results(name, title, rows, results, command, notes), rows
 
-
-def config_help(name: str) -> str:
-    """The options of benchmark ``name``: field, default."""
-    return _config_help(BENCHES[name][1])

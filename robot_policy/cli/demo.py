@@ -25,10 +25,16 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         return fail(str(e))
     start = time.perf_counter()
+    from robot_policy.train.loop import TrainingInterrupted
+
     try:
         report = run_demo(cfg)
-    except ValueError as e:
-        return fail(str(e))
+    except TrainingInterrupted as e:  # the last finished training step is saved; rerunning continues it
+        return fail(f"{e}; rerun robot-policy demo to continue", code=e.exit_code)
+    except KeyboardInterrupt:
+        return fail("interrupted; rerun robot-policy demo to continue where it stopped", code=130)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: damaged store/checkpoint
+        return fail(str(e), code=1)
     text = report.read_text()
     table = text.split("## Success on held-out seeds", 1)[1].split("##", 1)[0].strip()
     print(table)

@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt as e:  # before the loop, or a second Ctrl-C: nothing written since the last save
         return fail(f"interrupted ({e or 'before training started'}); checkpoints are as the last save left "
                     "them", code=130)
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        # RuntimeError: CheckpointError / StoreError, one line naming the damaged file
         return fail(str(e), code=1)
     print(f"trained {cfg.steps} steps; checkpoints in {run_dir / 'checkpoints'}")
     return 0

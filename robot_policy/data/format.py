@@ -42,23 +42,26 @@ from typing import Final
 import numpy as np
 from zarr.codecs import BloscCodec
 
+from robot_policy import keys
+
 FORMAT_NAME: Final = "robot_policy.episode_store"
 FORMAT_VERSION: Final = 2
 SUPPORTED_VERSIONS: Final = (1, 2)
 #: first version that writes every chunk and records content hashes
 COMPLETE_CHUNKS_VERSION: Final = 2
 
-STATE: Final = "state"
-ACTION: Final = "action"
+# The data keys a training batch and an observation share are the ones of robot_policy.keys.
+STATE: Final = keys.OBS_STATE
+ACTION: Final = keys.ACTION
 TIMESTAMP: Final = "timestamp"
-OBJECT_STATE: Final = "object_state"
+OBJECT_STATE: Final = keys.OBS_OBJECT
 SIM_STATE: Final = "sim_state"
 IMAGES: Final = "images"
 
 REQUIRED_DATA: Final = (STATE, ACTION, TIMESTAMP)
 EPISODE_ENDS: Final = "episode_ends"
-STATE_MASK: Final = "state_mask"
-ACTION_MASK: Final = "action_mask"
+STATE_MASK: Final = keys.OBS_STATE_MASK
+ACTION_MASK: Final = keys.ACTION_MASK
 LANGUAGE: Final = "language"
 SEED: Final = "seed"
 SUCCESS: Final = "success"

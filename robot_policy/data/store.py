@@ -300,7 +300,7 @@ class EpisodeStore(EpisodeIndex):
         path = Path(path)
         if path.exists():
             if not overwrite and not _holds_no_episodes(path):
-                raise StoreError(f"{path} already exists (pass overwrite=True to replace it, or open it to append)")
+                raise StoreError(f"{path} already exists (pass overwrite=true to replace it, or append=true to add to it)")
             old_lock = _take_writer_lock(path) if path.is_dir() else None  # never delete under a live writer
             shutil.rmtree(path)
             _release_lock(old_lock)
