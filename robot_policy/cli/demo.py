@@ -33,7 +33,9 @@ def main(argv: list[str]) -> int:
         return fail(f"{e}; rerun robot-policy demo to continue", code=e.exit_code)
     except KeyboardInterrupt:
         return fail("interrupted; rerun robot-policy demo to continue where it stopped", code=130)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: damaged store/checkpoint
+    except ValueError as e:  # inputs that do not fit (another demo's run directory, a bad option)
+        return fail(str(e))
+    except (KeyError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: a damaged store or checkpoint
         return fail(str(e), code=1)
     text = report.read_text()
     table = text.split("## Success on held-out seeds", 1)[1].split("##", 1)[0].strip()
