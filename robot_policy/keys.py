@@ -29,3 +29,7 @@ CTRL_FREQ: Final = "ctrl_freq"
 LANGUAGE_ID: Final = "language_id"
 #: (B, V) bool, False where a camera is missing from the window's store (a blank frame stands in)
 CAMERA_PRESENT: Final = "camera_present"
+#: (B, To, V, H, W, 3) uint8, the cameras of a window stacked in the policy's camera order
+IMAGES: Final = "images"
+#: (B,) int64 index of the store (in the training mixture) a window came from
+SOURCE: Final = "source"

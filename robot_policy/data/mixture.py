@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from robot_policy.data import format as fmt
 from robot_policy.data.torch_dataset import WindowBatchDataset
+from robot_policy.keys import CAMERA_PRESENT, CTRL_FREQ, EPISODE, IMAGES, LANGUAGE_ID, SOURCE
 
 
 class StepBatchSampler(Sampler[np.ndarray]):
@@ -104,11 +105,11 @@ class MixtureDataset(Dataset[dict[str, torch.Tensor]]):
         return {k: v[torch.from_numpy(inverse)] for k, v in merged.items()}
 
     def _harmonise(self, batch: dict[str, torch.Tensor], source: int) -> dict[str, torch.Tensor]:
-        b = batch["episode"].shape[0]
+        b = batch[EPISODE].shape[0]
         out = {k: v for k, v in batch.items() if not fmt.is_image_key(k) and k != fmt.OBJECT_STATE}
-        out["language_id"] = torch.from_numpy(self._episode_language[source][batch["episode"].numpy()])
-        out["ctrl_freq"] = torch.full((b,), float(self.control_hz[source]))
-        out["source"] = torch.full((b,), source, dtype=torch.int64)
+        out[LANGUAGE_ID] = torch.from_numpy(self._episode_language[source][batch[EPISODE].numpy()])
+        out[CTRL_FREQ] = torch.full((b,), float(self.control_hz[source]))
+        out[SOURCE] = torch.full((b,), source, dtype=torch.int64)
         if self.object_state_dim:
             obj = batch.get(fmt.OBJECT_STATE)
             to = batch[fmt.STATE].shape[1]
@@ -127,8 +128,8 @@ class MixtureDataset(Dataset[dict[str, torch.Tensor]]):
                 else:  # blank; the encoder replaces frames of absent cameras with its blank image anyway
                     frames.append(torch.zeros(b, to, *self.image_size, 3, dtype=torch.uint8))
                     present.append(torch.zeros(b, dtype=torch.bool))
-            out["images"] = torch.stack(frames, dim=2)  # (b, To, V, H, W, 3) uint8
-            out["camera_present"] = torch.stack(present, dim=1)  # (b, V)
+            out[IMAGES] = torch.stack(frames, dim=2)  # (b, To, V, H, W, 3) uint8
+            out[CAMERA_PRESENT] = torch.stack(present, dim=1)  # (b, V)
         return out
 
 

@@ -32,7 +32,6 @@ import numpy as np
 from robot_policy.data import format as fmt
 from robot_policy.data.store import EpisodeData
 
-STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99", "mask", "count")
 MODES = {"gaussian": ("mean", "std"), "minmax": ("min", "max"), "quantile": ("q01", "q99")}
 #: Per-part row sample (R, *dims) used by :func:`merge_stats` for exact quantiles; NaN pads a slot's column
 #: below its own number of sampled rows. Never serialised.
@@ -99,11 +98,11 @@ def masked_stats(x: np.ndarray, used: np.ndarray, max_rows: int = 100_000, seed:
             col = col[np.sort(keep)]
         columns.append(col.astype(dtype, copy=False))
     sample = np.full((max((c.size for c in columns), default=0), x.shape[1]), np.nan, dtype=dtype)
-    q = np.zeros((len(QUANTILES), x.shape[1]))
     for j, col in enumerate(columns):
         sample[: col.size, j] = col
-        if col.size:
-            q[:, j] = np.quantile(col.astype(np.float64), QUANTILES)
+    # One quantile rule for one store and for a merge of stores (a subsampled column is weighted the same way
+    # in both), so `dataset stats` and training agree on q01/q99.
+    q = _pooled_quantiles([sample], [count])
     return {"mean": np.where(has, mean, 0.0), "std": np.sqrt(np.where(has, var, 0.0)), "min": lo, "max": hi,
             "q01": q[0], "q99": q[1], "mask": has.astype(np.float64), "count": count, SAMPLE: sample}
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
-from robot_policy.keys import ACTION_MASK, CAMERA_PRESENT, CTRL_FREQ, LANGUAGE_ID, OBS_STATE_MASK
+from robot_policy.keys import ACTION_MASK, CAMERA_PRESENT, CTRL_FREQ, IMAGES, LANGUAGE_ID, OBS_STATE_MASK
 from robot_policy.models.rdt import ModelInputs
 from robot_policy.models.text import TextEncoder
 
@@ -54,8 +54,8 @@ def make_model_inputs(batch: dict[str, Tensor], normalizer: Normalizer, language
         inputs.lang_tokens, inputs.lang_mask = language.lookup(batch[LANGUAGE_ID].to(device))
     if fmt.OBJECT_STATE in batch:
         inputs.object_state = normalizer.normalize(fmt.OBJECT_STATE, batch[fmt.OBJECT_STATE].to(device).float())
-    if "images" in batch:
-        inputs.images = batch["images"].to(device).permute(0, 1, 2, 5, 3, 4)  # (B, To, V, 3, H, W) uint8
+    if IMAGES in batch:
+        inputs.images = batch[IMAGES].to(device).permute(0, 1, 2, 5, 3, 4)  # (B, To, V, 3, H, W) uint8
         inputs.camera_present = batch[CAMERA_PRESENT].to(device)
     return inputs
 

@@ -22,7 +22,17 @@ import torch
 
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
-from robot_policy.keys import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
+from robot_policy.keys import (
+    ACTION_MASK,
+    CAMERA_PRESENT,
+    CTRL_FREQ,
+    IMAGE_PREFIX,
+    IMAGES,
+    LANGUAGE_ID,
+    OBS_OBJECT,
+    OBS_STATE,
+    OBS_STATE_MASK,
+)
 from robot_policy.models import checkpoint as ckpt
 from robot_policy.models.diffusion import Sampler
 from robot_policy.models.inputs import LanguageTable, make_model_inputs
@@ -131,17 +141,17 @@ class DiffusionPolicy:
         frames = list(self._history)
         batch: dict[str, torch.Tensor] = {
             fmt.STATE: torch.from_numpy(np.stack([f[OBS_STATE] for f in frames]))[None],
-            "state_mask": torch.from_numpy(self._state_mask)[None],
-            "action_mask": torch.from_numpy(self.embodiment.action.mask)[None],
-            "ctrl_freq": torch.tensor([self.embodiment.control_hz], dtype=torch.float32),
-            "language_id": torch.zeros(1, dtype=torch.int64),
+            OBS_STATE_MASK: torch.from_numpy(self._state_mask)[None],
+            ACTION_MASK: torch.from_numpy(self.embodiment.action.mask)[None],
+            CTRL_FREQ: torch.tensor([self.embodiment.control_hz], dtype=torch.float32),
+            LANGUAGE_ID: torch.zeros(1, dtype=torch.int64),
         }
         if self.object_state_dim:
             batch[fmt.OBJECT_STATE] = torch.from_numpy(np.stack([f[OBS_OBJECT] for f in frames]))[None]
         if self.cameras:
             imgs = np.stack([np.stack([f[IMAGE_PREFIX + c] for c in self.cameras]) for f in frames])  # (To, V, H, W, 3)
-            batch["images"] = torch.from_numpy(imgs)[None]
-            batch["camera_present"] = torch.ones(1, len(self.cameras), dtype=torch.bool)
+            batch[IMAGES] = torch.from_numpy(imgs)[None]
+            batch[CAMERA_PRESENT] = torch.ones(1, len(self.cameras), dtype=torch.bool)
         return batch
 
     @torch.no_grad()
