@@ -1,14 +1,6 @@
 """robot-policy bench NAME [key=value ...]: measure speed, write bench_out/bench_NAME.json and BENCHMARKS.md.
 
-  data    sampler windows/s (To=2, Ta=64, 128-d, 1M-step store) from RAM and from disk;
-          streaming-writer steps/s with two 224x224 cameras
-  sim     control steps/s per task, state and camera observations
-  infer   chunk latency p50/p95 per sampler and model size; training samples/s
-  success collate evaluations already run (evals=[dir,...]) into a success table with how each
-          policy was trained: demos, steps, training time, commands
-
-Options are the fields of each benchmark's config, e.g. `robot-policy bench data seconds=3`.
-`robot-policy bench NAME --help` lists them.
+The benchmarks and what each measures are listed in :mod:`robot_policy.bench.runner` (printed by ``--help``).
 """
 
 from __future__ import annotations
@@ -25,7 +17,9 @@ def main(argv: list[str]) -> int:
     from robot_policy.bench.runner import BENCHES, run_bench
 
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        from robot_policy.bench import runner
+
+        print("usage: robot-policy bench NAME [key=value ...]\n\n" + (runner.__doc__ or "").split("\n\n", 1)[1])
         return 0
     name, overrides = argv[0], argv[1:]
     if name not in BENCHES:

@@ -1,4 +1,4 @@
-"""Episode store (zarr v3): writer, reader, sampler, normalizer, converters."""
+"""Episode store (zarr v3): writer, reader, validator, sampler, normalizer."""
 
 from robot_policy.data.normalizer import Normalizer, StatsError, compute_stats
 from robot_policy.data.sampler import SequenceSampler, gather_windows, split_episodes

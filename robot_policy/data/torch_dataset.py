@@ -24,7 +24,7 @@ class WindowBatchDataset(Dataset[dict[str, torch.Tensor]]):
     """Batches of windows from one store.
 
     Each batch holds ``key -> (B, To, ...)`` for ``obs_keys`` (images stay uint8), ``key -> (B, Ta, ...)``
-    for ``action_keys``, ``action_is_pad`` (B, Ta) bool, ``episode`` (B,) int64 and the episodes'
+    for ``action_keys``, ``episode`` (B,) int64 and the episodes'
     ``state_mask`` / ``action_mask`` (B, 128).
 
     Args:
