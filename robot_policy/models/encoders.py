@@ -38,12 +38,14 @@ class ObsEncoderConfig:
 
     cameras: list[str] = field(default_factory=list)  # camera names in token order; [] = no images
     n_obs_steps: int = 2  # To: frames of history per camera and object-state steps (RDT: 2)
+    # 128 x 128: the tasks' default render size
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # (H, W) px the backbone receives
     image_backbone: str = "resnet"  # "resnet" | "patch" | "siglip"
     token_dim: int = 256  # width of every observation token (input of the RDT's obs adaptor)
     # per-channel normalisation of [0, 1] pixels; a blank camera is exactly this colour. SigLIP uses 0.5/0.5.
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    # 4 stages: 128 px -> 8 x 8 feature map
     resnet_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # one block per stage, /2 each
     resnet_grid: int = 4  # resnet: final feature map average-pooled to grid x grid tokens per image
     patch_size: int = 16  # patch: square patches; tokens per image = (H / p) * (W / p)
