@@ -1,5 +1,5 @@
 """Crash tests that reach the hard states: a child process writes a real store (or checkpoints) and SIGKILLs
-itself at one fault point (``ROBOT_POLICY_FAULT``, see ``robot_policy.data.store.FAULT_POINTS``). Each test
+itself at one fault point (``ROBOT_POLICY_FAULT``, see ``robot_policy.durability.FAULT_POINTS``). Each test
 first checks that the partial state it aims at is on disk, then that reopening repairs it.
 
 The child is this file run as a script: ``python tests/test_faults.py store|checkpoint PATH POINT ...``.
@@ -20,8 +20,9 @@ import zarr
 from test_store import CAM, SPEC, assert_episode_equal, make_episode, new_store, stream
 
 from robot_policy.data import format as fmt
-from robot_policy.data.store import FAULT_ENV, FAULT_POINTS, EpisodeStore, StoreError
+from robot_policy.data.store import EpisodeStore, StoreError
 from robot_policy.data.validate import validate_store
+from robot_policy.durability import FAULT_ENV, FAULT_POINTS
 
 #: episodes committed before the one the child crashes in
 N_BEFORE = 2
@@ -187,7 +188,11 @@ def test_kill_after_creating_the_store_does_not_block_the_rerun(tmp_path: Path) 
     assert (path / ".writer.lock").exists() and _raw(path, "meta/episode_ends").shape == (0,)
     assert validate_store(path) == []  # an empty store is a valid store
     EpisodeStore.open(path, mode="a").close()
-    # the rerun creates it again without overwrite=True: nothing is lost
+    # another job's create (here: no camera) does not replace it, crashed or not
+    with pytest.raises(StoreError, match="already exists"):
+        EpisodeStore.create(path, SPEC)
+    assert EpisodeStore.open(path).cameras == {"front": CAM}
+    # the rerun of the same job creates it again without overwrite=True: nothing is lost
     with EpisodeStore.create(path, SPEC, cameras={"front": CAM}) as store:
         store.add_episode(make_episode(0))
     # but a store holding an episode is never replaced without it

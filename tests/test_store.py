@@ -149,6 +149,39 @@ def test_discarded_first_episode_does_not_fix_the_keys(tmp_path: Path) -> None:
     assert validate_store(tmp_path / "s.zarr") == []
 
 
+def test_create_replaces_an_empty_store_only_for_the_job_that_made_it(tmp_path: Path) -> None:
+    """Without overwrite, an empty store is replaced only by a store of the same embodiment, cameras and
+    task (that job's writer crashed before its first commit); any other keeps its root attrs."""
+    path = tmp_path / "s.zarr"
+    task = {"name": "lift", "horizon": 100, "cameras": ["front"]}
+    cam = CameraInfo(24, 32, intrinsics=np.diag([30.0, 30.0, 1.0]))
+    EpisodeStore.create(path, SPEC, cameras={"front": cam}, task=task, provenance={"source": "first"}).close()
+    before = (path / "zarr.json").read_bytes()
+    other_jobs = {
+        "task": {"embodiment": SPEC, "cameras": {"front": cam}, "task": {**task, "name": "handover"}},
+        "no task": {"embodiment": SPEC, "cameras": {"front": cam}},
+        "cameras": {"embodiment": SPEC, "task": task},
+        "intrinsics": {"embodiment": SPEC, "cameras": {"front": CameraInfo(24, 32)}, "task": task},
+        "embodiment": {"embodiment": load_embodiment("aloha_bimanual"), "cameras": {"front": cam}, "task": task},
+    }
+    for what, kwargs in other_jobs.items():
+        with pytest.raises(StoreError) as err:
+            EpisodeStore.create(path, **kwargs)
+        assert str(err.value) == f"{path} already exists (pass overwrite=true to replace it, or append=true to " \
+                                 "add to it)", what
+        assert (path / "zarr.json").read_bytes() == before, what
+    assert validate_store(path) == []
+    # the same job again (equal values, new objects) replaces it: nothing is lost
+    same = {"front": CameraInfo(24, 32, intrinsics=[[30, 0, 0], [0, 30, 0], [0, 0, 1]])}
+    with EpisodeStore.create(path, load_embodiment(SPEC.name), cameras=same, task=dict(task),
+                             provenance={"source": "rerun"}) as store:
+        store.add_episode(make_episode(0))
+    assert EpisodeStore.open(path).attrs["provenance"]["source"] == "rerun"
+    # and overwrite=True replaces any store
+    EpisodeStore.create(path, load_embodiment("aloha_bimanual"), overwrite=True).close()
+    assert EpisodeStore.open(path).embodiment.name == "aloha_bimanual"
+
+
 def test_single_writer_lock(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s.zarr")
     with pytest.raises(StoreError, match="being written by another process"):
@@ -357,7 +390,11 @@ def test_missing_chunk_is_reported_with_key_and_rows_and_refused_by_readers(
     with pytest.raises(StoreError, match=r"2 chunk file\(s\) of committed episodes are missing: "
                        r"data/action/c/1/0 \(rows 256-299\), data/images/front/c/5/0/0/0 \(rows 5-5\)"):
         EpisodeStore.open(path)
-    assert cli_main(["dataset", "info", str(path)]) == 2
+    assert cli_main(["dataset", "info", str(path)]) == 1  # damaged: exit 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data/action/c/1/0" in err
+    # train reads the store's task while parsing its options: the same one line, exit 1 (not a bad option)
+    assert cli_main(["train", f"dataset.path={path}", f"out={tmp_path / 'run'}", "task=pybullet_bimanual_lift"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "data/action/c/1/0" in err
 
@@ -392,7 +429,7 @@ def test_truncated_zarr_json_is_one_line_naming_the_file(tmp_path: Path, node: s
         EpisodeStore.open(path)
     code, out = _validate_cli(path, capsys)
     assert code == 1 and f"error: {node}: corrupt zarr metadata: JSONDecodeError" in out
-    assert cli_main(["dataset", "info", str(path)]) == 2
+    assert cli_main(["dataset", "info", str(path)]) == 1  # damaged: exit 1
     err = capsys.readouterr().err
     assert err.startswith(f"robot-policy: {f}: corrupt zarr metadata") and err.count("\n") == 1
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from robot_policy.data.disk_reader import TensorstoreReader
 from robot_policy.data.sampler import SequenceSampler, gather_windows
-from robot_policy.data.store import CameraInfo, EpisodeStore
+from robot_policy.data.store import CameraInfo, EpisodeStore, StoreError
 from robot_policy.spaces.embodiment import load_embodiment
 
 
@@ -64,7 +64,7 @@ def build_store(path: Path, n_steps: int, episode_length: int, seed: int = 0) ->
             store = EpisodeStore.open(path)
             if store.n_steps == n_steps:
                 return store
-        except ValueError:
+        except StoreError:  # damaged or half-built: rebuilt below
             pass
     spec = load_embodiment("panda_bimanual_joint")
     rng = np.random.default_rng(seed)

@@ -48,8 +48,8 @@ def _info(args: argparse.Namespace) -> int:
 
     try:
         store = EpisodeStore.open(args.path)
-    except StoreError as e:
-        return fail(str(e))
+    except StoreError as e:  # damaged or not a store: exit 1, as `validate` does
+        return fail(str(e), code=1)
     console = Console()
     lengths = store.episode_lengths
     meta = store.episode_meta()
@@ -85,8 +85,8 @@ def _stats(args: argparse.Namespace) -> int:
 
     try:
         store = EpisodeStore.open(args.path)
-    except StoreError as e:
-        return fail(str(e))
+    except StoreError as e:  # damaged or not a store: exit 1, as `validate` does
+        return fail(str(e), code=1)
     keys: list[str] = [k for k in ("state", "action", "object_state") if k in store.data_keys]
     stats = compute_stats(store.load(keys), keys)
     console = Console()

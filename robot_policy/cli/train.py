@@ -19,6 +19,7 @@ def main(argv: list[str]) -> int:
 
         print(verb_help(__doc__ or "", train_schema(), "train"))
         return 0
+    from robot_policy.data.store import StoreError
     from robot_policy.train.config import parse_train_config
     from robot_policy.train.loop import TrainingInterrupted, train
 
@@ -26,6 +27,8 @@ def main(argv: list[str]) -> int:
         cfg, policy = parse_train_config(argv)
     except (ConfigError, ValueError, KeyError) as e:
         return fail(str(e))
+    except StoreError as e:  # task= reads each store's task: a missing or damaged store
+        return fail(str(e), code=1)
     try:
         run_dir = train(cfg, policy, command=command_line("train", argv))
     except TrainingInterrupted as e:  # SIGINT/SIGTERM: the last finished step is saved

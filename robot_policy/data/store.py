@@ -15,8 +15,8 @@ repairs what a crashed writer left (an uncommitted tail, a half-finished commit)
 checks that every zarr.json parses and that every chunk file of the committed rows exists (format v2
 writes all of them), so damage is an error naming the file, never rows of zeros.
 
-Crash tests reach exact partial states through :func:`fault_point`: with ``ROBOT_POLICY_FAULT=<point>``
-in its environment the writer SIGKILLs itself on reaching that point (:data:`FAULT_POINTS` lists them).
+Crash tests reach exact partial states through :func:`robot_policy.durability.fault_point` (the writer
+SIGKILLs itself at the point named by ``ROBOT_POLICY_FAULT``; :data:`robot_policy.durability.FAULT_POINTS`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ import json
 import os
 import platform
 import shutil
-import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -42,6 +40,7 @@ from zarr.core.array_spec import ArrayConfigParams
 
 from robot_policy import __version__
 from robot_policy.data import format as fmt
+from robot_policy.durability import fault_point, fsync_files
 from robot_policy.spaces.embodiment import EmbodimentSpec
 from robot_policy.spaces.unified import UNIFIED_DIM, describe_index
 
@@ -49,73 +48,13 @@ if TYPE_CHECKING:
     from robot_policy.data.streaming import StreamingEpisodeWriter
 
 
-class StoreError(ValueError):
-    """A store that cannot be opened or an episode that cannot be written; the message names key/index."""
+class StoreError(RuntimeError):
+    """A store that cannot be opened or used (damaged, locked, already there) or an episode that cannot be
+    written; the message names file, key or index, on one line. A RuntimeError like
+    :class:`~robot_policy.models.checkpoint.CheckpointError`: the CLI exits 1 for either."""
 
 
-# ---- fault injection and durability -----------------------------------------------------------------
-
-FAULT_ENV: Final = "ROBOT_POLICY_FAULT"
-#: every point a writer checks, and the partial state on disk when it is killed there
-FAULT_POINTS: Final[dict[str, str]] = {
-    "store_created": "EpisodeStore.create wrote an empty store; no episode was started",
-    "first_array_created": "the first episode created a data array and wrote rows to it; its other arrays "
-                           "do not exist yet (no committed episode fixes the key set)",
-    "image_block_written": "an image block of the episode in progress is on disk (fsynced), nothing committed",
-    "episode_data_written": "an episode's rows and meta are written (fsynced); episode_ends has not grown",
-    "episode_ends_resized": "episode_ends' shape grew; its chunk (the commit point) is not written",
-    "checkpoint_files_partial": "a checkpoint's temp dir holds model.safetensors but not config.json",
-    "checkpoint_tmp_complete": "a checkpoint's temp dir is complete and fsynced, not renamed yet",
-    "checkpoint_renamed": "the new step dir is in place; `latest` still points at the previous one",
-    "checkpoint_latest_updated": "`latest` points at the new step dir; old ones are not pruned yet",
-    "checkpoint_pruning": "an old step dir was moved aside for deletion; it is not deleted yet",
-}
-
-
-def fault_point(name: str) -> None:
-    """SIGKILL this process here if ``$ROBOT_POLICY_FAULT`` is ``name`` (crash tests); else one dict lookup."""
-    want = os.environ.get(FAULT_ENV)
-    if want is None:
-        return
-    if want not in FAULT_POINTS:  # a typo would make a crash test pass without crashing
-        raise ValueError(f"${FAULT_ENV}={want!r} is not a fault point; points: {sorted(FAULT_POINTS)}")
-    if want == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync one file or directory (a directory's fsync makes the names created or renamed in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-#: fsyncs in flight at once: ext4 commits concurrent fsyncs in one journal transaction (measured: 64 image
-#: chunks with their directories, 890 ms one after another, 36 ms from 8 threads)
-FSYNC_THREADS: Final = 8
-
-
-def fsync_files(files: Iterable[Path], root: Path) -> None:
-    """fsync ``files`` and every directory from theirs up to ``root`` (inclusive), each once: a new chunk
-    file lives in directories zarr may just have created, whose own entries must be durable too. Returns
-    when all are durable (the order among them does not matter: the caller's next write waits for all)."""
-    files = list(files)
-    dirs: set[Path] = set()
-    for f in files:
-        d = f.parent
-        while d not in dirs and (d == root or root in d.parents):
-            dirs.add(d)
-            d = d.parent
-    paths = files + sorted(dirs)
-    if len(paths) <= 2:
-        for path in paths:
-            fsync_path(path)
-        return
-    with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths)), thread_name_prefix="fsync") as pool:
-        list(pool.map(fsync_path, paths))  # list(): re-raises the first error
-
+# ---- chunk files and metadata on disk ------------------------------------------------------------
 
 def chunk_files(array_dir: Path, arr: zarr.Array, lo: int, hi: int) -> Iterator[tuple[Path, int, int]]:
     """The chunk files holding rows ``[lo, hi)`` of ``arr`` (stored in ``array_dir``), with the row range
@@ -294,13 +233,18 @@ class EpisodeStore(EpisodeIndex):
     def create(cls, path: str | Path, embodiment: EmbodimentSpec, *, cameras: Mapping[str, CameraInfo] | None = None,
                provenance: Mapping[str, Any] | None = None, task: Mapping[str, Any] | None = None,
                overwrite: bool = False, fsync: bool = True) -> EpisodeStore:
-        """Create an empty store, open for writing. ``overwrite`` replaces an existing store; a store that
-        holds no committed episode (a writer crashed before its first commit) is replaced without it, since
-        nothing is lost. ``fsync``: make each commit durable (see :attr:`fsync`)."""
+        """Create an empty store, open for writing. ``overwrite`` replaces an existing store. Without it,
+        an existing store is replaced only when it holds no committed episode and records the same
+        embodiment, cameras and task: the attempt of the same job whose writer crashed before its first
+        commit, so nothing is lost. ``fsync``: make each commit durable (see :attr:`fsync`)."""
         path = Path(path)
+        identity = {"embodiment": embodiment.to_dict(),
+                    "cameras": {name: cam.to_dict() for name, cam in (cameras or {}).items()},
+                    **({"task": dict(task)} if task is not None else {})}
         if path.exists():
-            if not overwrite and not _holds_no_episodes(path):
-                raise StoreError(f"{path} already exists (pass overwrite=true to replace it, or append=true to add to it)")
+            if not overwrite and not _is_crashed_attempt(path, identity):
+                raise StoreError(f"{path} already exists (pass overwrite=true to replace it, or append=true to "
+                                 "add to it)")
             old_lock = _take_writer_lock(path) if path.is_dir() else None  # never delete under a live writer
             shutil.rmtree(path)
             _release_lock(old_lock)
@@ -310,16 +254,14 @@ class EpisodeStore(EpisodeIndex):
         root.attrs.update({
             "format": fmt.FORMAT_NAME,
             "format_version": fmt.FORMAT_VERSION,
-            "embodiment": embodiment.to_dict(),
             "control_hz": embodiment.control_hz,
-            "cameras": {name: cam.to_dict() for name, cam in (cameras or {}).items()},
             "provenance": {
                 "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "robot_policy_version": __version__,
                 "host": platform.node(),
                 **dict(provenance or {}),
             },
-            **({"task": dict(task)} if task is not None else {}),
+            **identity,
         })
         meta = root.create_group("meta")
         meta.create_array(fmt.EPISODE_ENDS, shape=(0,), chunks=(fmt.META_CHUNK,), dtype="int64", fill_value=0,
@@ -698,13 +640,7 @@ class EpisodeStore(EpisodeIndex):
             self._unsynced.clear()  # what they hold is being cut away
         n, e = self.n_steps, self.n_episodes
         if e == 0 and self._data_keys:
-            # No committed episode fixes the keys yet: drop the arrays so the next first episode may differ.
-            del self._root["data"]
-            self._root.create_group("data")
-            if self.fsync:
-                fsync_files([self.path / "data" / "zarr.json"], self.path)
-            self._data_keys.clear()
-            self._arrays = {k: v for k, v in self._arrays.items() if k.startswith("meta/")}
+            self._reset_data()  # no committed episode fixes the keys yet: the next first episode may differ
         for key in self.data_keys:
             arr = self.array(key)
             if arr.shape[0] != n:
@@ -713,6 +649,23 @@ class EpisodeStore(EpisodeIndex):
             arr = self._meta_array(key)
             if arr.shape[0] != e:
                 arr.resize((e, *arr.shape[1:]))
+
+    def _reset_data(self) -> None:
+        """Replace ``data/`` by an empty group (only while no episode is committed: it drops every row).
+
+        Removed as files, not through zarr: zarr deletes the arrays it lists, and a crash inside an earlier
+        delete (or inside create) can leave a partial tree; ``rmtree`` takes whatever is there.
+        """
+        assert self.n_episodes == 0, "data/ holds committed episodes"
+        data = self.path / "data"
+        if data.exists():
+            shutil.rmtree(data)
+        self._root.create_group("data")
+        if self.fsync:
+            fsync_files([data / "zarr.json"], self.path)
+        with self._cache_lock:
+            self._data_keys.clear()
+            self._arrays = {k: v for k, v in self._arrays.items() if k.startswith("meta/")}
 
     def _check_chunks(self) -> None:
         """Raise if a chunk file of a committed row is missing (v2 stores write every chunk; in v1 an
@@ -734,14 +687,7 @@ class EpisodeStore(EpisodeIndex):
         """Undo what a crashed writer left (the lock is held): an uncommitted tail, a half-written commit,
         the arrays of a first episode that never committed, zarr's temp files; add v2's hash array."""
         if self.n_episodes == 0:
-            # Nothing is committed, so nothing under data/ is kept. Removed as files, not through zarr: a
-            # crash inside discard_tail's delete of the group can leave arrays zarr would list again.
-            shutil.rmtree(self.path / "data", ignore_errors=True)
-            self._root.create_group("data")
-            if self.fsync:
-                fsync_files([self.path / "data" / "zarr.json"], self.path)
-            self._data_keys.clear()
-            self._arrays = {k: v for k, v in self._arrays.items() if k.startswith("meta/")}
+            self._reset_data()  # nothing is committed, so nothing under data/ is kept
         for key in fmt.OPTIONAL_META:
             if not self._has_meta(key):  # a v1 store: the episodes written from now on get hashes
                 meta = self._root["meta"]
@@ -785,11 +731,30 @@ def _create_meta_array(meta: zarr.Group, key: str, n_episodes: int) -> None:
         arr[:] = "" if dtype is str else 0  # written, so the chunks exist
 
 
-def _holds_no_episodes(path: Path) -> bool:
-    """True for a directory EpisodeStore created that holds no committed episode (its writer crashed
-    before the first commit, or while creating the store): replacing it loses nothing."""
+#: root attributes that say which job a store belongs to (see EpisodeStore.create)
+_IDENTITY_ATTRS: Final = ("embodiment", "cameras", "task")
+
+
+def _is_crashed_attempt(path: Path, identity: Mapping[str, Any]) -> bool:
+    """True for a directory EpisodeStore created that holds no committed episode and whose root attrs
+    record ``identity`` (embodiment, cameras, task; or none yet: the writer died inside create): the same
+    job's attempt that crashed before its first commit, which a rerun may replace. Any other store, even an
+    empty one (its attrs hold camera intrinsics, embodiment, task, provenance), is not replaced."""
     if not path.is_dir() or not (path / ".writer.lock").exists():
         return False  # not made by EpisodeStore
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except FileNotFoundError:
+        attrs = {}  # the writer died before create wrote the root group
+    except (OSError, ValueError, AttributeError):
+        return False  # unreadable: not provably this job's, so it is not replaced
+    if not isinstance(attrs, dict):
+        return False
+    if attrs:
+        # compared as JSON, which is how the attrs were stored (tuples read back as lists)
+        recorded = {k: attrs[k] for k in _IDENTITY_ATTRS if k in attrs}
+        if recorded != json.loads(json.dumps(dict(identity))):
+            return False
     ends = path / "meta" / fmt.EPISODE_ENDS
     if not (ends / "zarr.json").exists():  # crashed inside create: only create's own entries may be there
         return {p.name for p in path.iterdir()} <= {".writer.lock", "zarr.json", "meta", "data"}

@@ -3,8 +3,9 @@
 Camera frames go to disk while recording, in blocks of ``IMAGE_WRITE_BLOCK`` frames written by a
 background thread (a recording loop must not stall on compression, hashing or fsync); low-dim rows are
 small and stay in RAM until ``commit``. The thread also feeds the frames to the episode's content hash
-and fsyncs each block (when the store fsyncs), so the commit only syncs the low-dim rows. Until the commit, everything written is an uncommitted tail that readers never see;
-a crash loses only the episode in flight.
+and fsyncs each block (when the store fsyncs), so the commit only syncs the low-dim rows. Until the
+commit, everything written is an uncommitted tail that readers never see; a crash loses only the episode
+in flight.
 
     with store.stream_episode(language="lift the bar") as ep:
         for t in range(T):
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from robot_policy.data import format as fmt
-from robot_policy.data.store import fault_point
+from robot_policy.durability import fault_point
 
 if TYPE_CHECKING:
     from robot_policy.data.store import EpisodeStore

@@ -19,7 +19,7 @@ Replacing a checkpoint never leaves a moment without a valid one (``latest`` is 
 
 Readers follow ``latest``, and when it is missing or points at an incomplete directory (deleted files),
 the newest complete step directory. Every step has a fault point (``ROBOT_POLICY_FAULT``, see
-:data:`robot_policy.data.store.FAULT_POINTS`) for the crash tests.
+:data:`robot_policy.durability.FAULT_POINTS`) for the crash tests.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from robot_policy import __version__
-from robot_policy.data.store import fault_point, fsync_path
+from robot_policy.durability import fault_point, fsync_path
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
