@@ -19,12 +19,12 @@ from robot_policy.cli.collect import parse_collect_config
 from robot_policy.cli.common import ConfigError
 from robot_policy.cli.eval import parse_eval_config
 from robot_policy.cli.main import main
-from robot_policy.cli.options import collect_schema, eval_schema
+from robot_policy.cli.options import collect_schema, eval_schema, train_schema
 from robot_policy.configuration import describe_type, field_defaults, options, parse_overrides
 from robot_policy.data.store import EpisodeStore
 from robot_policy.paths import CONFIG_DIR, available_configs
 from robot_policy.pipelines.demo import DemoConfig
-from robot_policy.train.config import parse_train_config, train_schema
+from robot_policy.train.config import parse_train_config
 from robot_policy.train.loop import TrainConfig
 
 TASK = "pybullet_bimanual_lift"
@@ -79,6 +79,11 @@ def test_overwrite_no_keeps_the_store(tmp_path: Path, capsys: pytest.CaptureFixt
     assert EpisodeStore.open(out).n_episodes == 2
     capsys.readouterr()
     assert error_of([*base, "episodes=1", "overwrite=maybe"], capsys) == f"overwrite: {BOOL_RULE}, got 'maybe'"
+    assert EpisodeStore.open(out).n_episodes == 2
+    # both: an error naming both, not an append that ignores overwrite
+    assert error_of([*base, "episodes=3", "overwrite=true", "append=true"], capsys) == (
+        f"collect: overwrite=true and append=true contradict each other: overwrite=true deletes the store at "
+        f"{out} and records a new one, append=true adds to it; pass one of them")
     assert EpisodeStore.open(out).n_episodes == 2
     capsys.readouterr()
     assert main([*base, "episodes=1", "overwrite=yes"]) == 0  # an explicit true still replaces it
@@ -185,6 +190,12 @@ def test_unknown_keys_name_the_closest_valid_ones(capsys: pytest.CaptureFixture[
         "unknown option 'policy.hiden_size'; did you mean 'policy.hidden_size'?"
     assert error_of(["collect", "out=x.zarr", "task.camera=[front]"], capsys) == \
         "unknown option 'task.camera'; did you mean 'task.cameras'?"
+    # train takes the task as a mapping in its library config; the CLI checks its keys as collect does
+    for override in ("task.max_stepz=3", "+task.max_stepz=3"):
+        assert error_of(["train", override, "dataset.path=x.zarr", "out=run"], capsys) == \
+            "unknown option 'task.max_stepz'; did you mean 'task.max_steps'?"
+    assert error_of(["train", "task.max_steps=abc", "dataset.path=x.zarr", "out=run"], capsys) == \
+        "task.max_steps: expected an integer, got 'abc'"
     assert error_of(["bench", "data", "secondz=1"], capsys) == "unknown option 'secondz'; did you mean 'seconds'?"
     # a mapping option takes new keys, with Hydra's +
     assert error_of(["eval", "policy_kwargs.noise=0.0"], capsys) == \
@@ -237,6 +248,6 @@ def test_eval_sampler_reaches_the_checkpoint_and_eval_json(tmp_path: Path) -> No
     assert (loaded._sampler.kind, loaded._sampler.num_steps) == ("ddim", 3)  # type: ignore[attr-defined]
     for extra, expected in ((["sampler=ddim", "sampler_steps=3"], ("ddim", 3)), ([], ("dpmsolver++", 5))):
         out = tmp_path / f"eval{len(extra)}"
-        main(["eval", f"policy={ckpt}", "episodes=1", "workers=1", "videos=0", f"out={out}", *extra])
+        assert main(["eval", f"policy={ckpt}", "episodes=1", "workers=1", "videos=0", f"out={out}", *extra]) == 0
         report = json.loads((out / "eval.json").read_text())
         assert (report["sampler"], report["sampler_steps"]) == expected  # the checkpoint's own when not given

@@ -1,5 +1,5 @@
-"""What the verbs add to their library configs: the config groups, and options whose CLI default depends
-on another option. Each verb's schema is these plus its library dataclass (whose defaults stay there),
+"""What the verbs add to their library configs: the config groups (typed, where the library takes a plain
+mapping), and options whose CLI default depends on another option. Each verb's schema is these plus its library dataclass (whose defaults stay there),
 merged by :func:`robot_policy.configuration.merge_schemas` and registered as the Hydra structured config
 that its YAML starts from.
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from robot_policy.configuration import merge_schemas
+from robot_policy.configuration import compose, merge_schemas
 from robot_policy.envs.base import TaskConfig
 
 
@@ -22,6 +22,15 @@ class TaskChoice:
     """The ``task=`` config group."""
 
     #: the task; override its keys as task.KEY=VALUE, e.g. task.cameras=[front]
+    task: TaskConfig = MISSING
+
+
+@dataclass
+class TrainTaskChoice:
+    """The ``task=`` config group of ``robot-policy train``, typed. The train layer reads the task as a
+    mapping (it does not import the env layer); the CLI checks its keys and values against TaskConfig."""
+
+    #: the task: its name must be the stores' task; its cameras are the default cameras
     task: TaskConfig = MISSING
 
 
@@ -49,3 +58,23 @@ def eval_schema() -> type:
     from robot_policy.eval.harness import EvalConfig
 
     return merge_schemas("EvalOptions", TaskChoice, EvalCLIOptions, EvalConfig)
+
+
+@functools.cache
+def train_schema() -> type:
+    """The options of ``robot-policy train`` as the CLI reads them: the library's schema
+    (:func:`robot_policy.train.config.train_schema`) with the task group typed as TaskConfig."""
+    from robot_policy.train.config import train_schema as library_schema
+
+    return merge_schemas("TrainOptions", TrainTaskChoice, library_schema())
+
+
+def check_train_overrides(argv: list[str]) -> None:
+    """Compose ``configs/train.yaml`` with ``argv`` against :func:`train_schema`, so that a task key that
+    TaskConfig does not have (``task.max_stepz=3``, ``+task.max_stepz=3``) is an error naming the closest
+    valid key, as in collect and eval, rather than a new key of a mapping that training ignores.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type, naming it.
+    """
+    compose("train", argv, schema=train_schema())

@@ -14,9 +14,9 @@ SUMMARY = "train a diffusion policy on episode stores (checkpoints, TensorBoard,
 
 
 def main(argv: list[str]) -> int:
-    if "--help" in argv or "-h" in argv:
-        from robot_policy.train.config import train_schema
+    from robot_policy.cli.options import check_train_overrides, train_schema
 
+    if "--help" in argv or "-h" in argv:
         print(verb_help(__doc__ or "", train_schema(), "train"))
         return 0
     from robot_policy.data.store import StoreError
@@ -24,6 +24,7 @@ def main(argv: list[str]) -> int:
     from robot_policy.train.loop import TrainingInterrupted, train
 
     try:
+        check_train_overrides(argv)  # the task's keys too: the library takes the task as a mapping
         cfg, policy = parse_train_config(argv)
     except (ConfigError, ValueError, KeyError) as e:
         return fail(str(e))

@@ -40,9 +40,9 @@ class CollectConfig:
     keep_failures: bool = False
     #: give up after this many attempts; None = 2 x the episodes to add
     max_attempts: int | None = None
-    #: delete an existing store at out and record a new one (only an explicit true does)
+    #: delete an existing store at out and record a new one (only an explicit true does; not with append)
     overwrite: bool = False
-    #: append to an existing store instead of failing
+    #: append to an existing store instead of failing (not with overwrite)
     append: bool = False
     #: record env.get_state() per step (for replay)
     record_sim_state: bool = True
@@ -58,6 +58,9 @@ class CollectConfig:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1 (or null), got {self.max_attempts}")
+        if self.overwrite and self.append:
+            raise ValueError("overwrite=true and append=true contradict each other: overwrite=true deletes the "
+                             f"store at {self.out} and records a new one, append=true adds to it; pass one of them")
 
 
 def camera_infos(env: ManipulationEnv) -> dict[str, CameraInfo]:

@@ -2,7 +2,7 @@
 
 Each stage is the same library call as its CLI verb (collect, train, eval) with the same configs, and
 each is skipped when its output is already complete, so an interrupted demo continues where it stopped
-(training resumes from its latest checkpoint).
+(collection adds the episodes still missing, training resumes from its latest checkpoint).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from robot_policy.configuration import compose
 from robot_policy.data.store import EpisodeStore, StoreError
+from robot_policy.envs.base import TaskConfig
 from robot_policy.envs.registry import task_config_from_dict
 from robot_policy.eval.harness import EvalConfig, evaluate
 from robot_policy.eval.report import write_run_report
@@ -48,7 +49,7 @@ class DemoConfig:
     workers: int = 0
     #: evaluation episodes rendered to mp4 for the report
     videos: int = 2
-    #: redo every stage even when its output exists (deletes the run's training directory)
+    #: redo every stage even when its output exists (records a new store, deletes the run's training directory)
     fresh: bool = False
     #: extra train overrides, e.g. train_overrides=[batch_size=32,val_every=100]
     train_overrides: list[str] = field(default_factory=list)
@@ -69,11 +70,31 @@ def _compose(name: str, overrides: list[str]) -> dict[str, Any]:
     return {str(k): v for k, v in raw.items()}
 
 
-def _store_complete(path: Path, episodes: int) -> bool:
+def collect_stage(task: TaskConfig, store_path: Path, episodes: int, fresh: bool) -> dict[str, Any] | None:
+    """Record the demonstrations into ``store_path`` until it holds ``episodes``; returns collect's summary,
+    or None when the store already holds them.
+
+    A store that opens is continued (``append``: seeds after its last recorded one, the episodes it holds
+    untouched), so an interrupted collection resumes; only ``fresh`` records a new store over it. Where no
+    store opens, one is created: over a crashed writer's leftovers without an episode (nothing is lost),
+    never over a damaged store that holds episodes.
+    """
+    if fresh:
+        return collect(task, CollectConfig(episodes=episodes, out=str(store_path), overwrite=True))
     try:
-        return EpisodeStore.open(path).n_episodes >= episodes
-    except (StoreError, FileNotFoundError):
-        return False
+        with EpisodeStore.open(store_path) as store:
+            held = store.n_episodes
+    except StoreError as damaged:
+        if not store_path.exists():
+            return collect(task, CollectConfig(episodes=episodes, out=str(store_path)))
+        try:
+            return collect(task, CollectConfig(episodes=episodes, out=str(store_path)))
+        except StoreError:  # create refused to replace it: it holds episodes
+            raise StoreError(f"{store_path} cannot be continued ({damaged}): repair or delete it, or pass "
+                             "fresh=true to record the demonstrations again") from None
+    if held >= episodes:
+        return None
+    return collect(task, CollectConfig(episodes=episodes, out=str(store_path), append=True))
 
 
 #: DemoConfig fields that shape what the stages produce (the others only change how they run)
@@ -116,8 +137,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     t0 = time.perf_counter()
     raw = _compose("collect", [f"task={cfg.task}"])
     task = task_config_from_dict(raw["task"], where="task")
-    if cfg.fresh or not _store_complete(store_path, cfg.episodes):
-        summary = collect(task, CollectConfig(episodes=cfg.episodes, out=str(store_path), overwrite=True))
+    collected_now = collect_stage(task, store_path, cfg.episodes, cfg.fresh)
+    if collected_now is not None:
+        summary = collected_now
         (root / "collect.json").write_text(json.dumps(summary, indent=2))
     timings["collect demonstrations"] = time.perf_counter() - t0
 
@@ -151,9 +173,14 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     collect_json = root / "collect.json"
     collected = json.loads(collect_json.read_text()) if collect_json.exists() else summary
+    # A continued collection's summary counts its own attempts; its store began at the recorded seeds.
+    first_seed = (collected.get("recorded_seeds") or [collected.get("first_seed", 0)])[0]
+    continued = (f" in the attempts after the {collected['existing_episodes']} episodes already recorded"
+                 if collected.get("existing_episodes") else "")
     notes = (f"Task `{cfg.task}`; {cfg.episodes} scripted demonstrations (seeds "
-             f"{collected.get('first_seed', 0)}-{collected.get('last_seed', '?')}, expert success "
-             f"{collected.get('expert_successes', '?')}/{collected.get('attempts', '?')}); policy `{cfg.policy}` "
+             f"{first_seed}-{collected.get('last_seed', '?')}, expert success "
+             f"{collected.get('expert_successes', '?')}/{collected.get('attempts', '?')}{continued}); "
+             f"policy `{cfg.policy}` "
              f"trained {cfg.train_steps} steps; evaluated on seeds {cfg.eval_seed}-"
              f"{cfg.eval_seed + cfg.eval_episodes - 1}, never used for collection or training.")
     reproduce = ("```\nrobot-policy demo\n```\nor stage by stage:\n```\n" + "\n".join(commands.values()) + "\n```")

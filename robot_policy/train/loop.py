@@ -8,8 +8,9 @@ batch. Rank 0 writes checkpoints (every ``ckpt_every`` steps and at the end), Te
 ``metrics.jsonl``. ``resume=True`` continues the run in ``out`` from its latest checkpoint: the same
 batches and random draws follow, so the loss curve continues as if never interrupted.
 
-SIGINT or SIGTERM stops the run after the step in progress: a checkpoint of that step is written and
-:class:`TrainingInterrupted` is raised (the CLI exits 130 / 143); a second signal aborts at once.
+SIGINT or SIGTERM stops the run after the step in progress: the steps since the last log entry are
+logged at that step, a checkpoint of it is written and :class:`TrainingInterrupted` is raised (the CLI
+exits 130 / 143); a second signal aborts at once.
 
 A resumed run may change ``steps`` (to extend a finished run, or end it earlier): the batches and random
 draws of every step are unchanged (functions of ``(seed, step)``), and the cosine LR schedule is rebuilt
@@ -104,7 +105,8 @@ class TrainConfig:
     torch_threads: int | None = None
     #: actions executed per chunk at inference, stored in the checkpoint; None = the whole chunk (Ta)
     execute_horizon: int | None = None
-    #: normalisation per key (state, action, object_state): gaussian (mean/std) or minmax (to [-1, 1])
+    #: normalisation per key (state, action, object_state): gaussian (mean/std), minmax (to [-1, 1] over
+    #: [min, max]) or quantile (to [-1, 1] over [q01, q99])
     normalizer: dict[str, str] = field(default_factory=lambda: {"state": "gaussian", "action": "minmax",
                                                                  "object_state": "gaussian"})
     #: optimiser, schedule, EMA and state noise
@@ -399,7 +401,50 @@ def _lr_schedule(saved: dict[str, Any] | None, start_step: int, steps: int) -> l
     return history
 
 
+@dataclass
+class _Run:
+    """What the training loop works with, built (and, on resume, restored) by :func:`_setup`."""
+
+    cfg: TrainConfig
+    #: completed from the data (cameras, object-state width)
+    policy: RDTConfig
+    ctx: DistributedContext
+    device: torch.device
+    run_dir: Path
+    data: TrainingData
+    model: RDTPolicyModel
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    language: LanguageTable
+    bc_step: BCStep
+    #: yields the batches of steps start_step.. (this rank's rows)
+    loader: Any
+    #: written to train_config.json and every checkpoint
+    config_json: dict[str, Any]
+    #: the first step to run: 0, or the resumed checkpoint's step
+    start_step: int
+
+
 def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command: str | None) -> Path:
+    run = _setup(cfg, policy, ctx, command)
+    logger = _Logger(run.run_dir, run.start_step, ctx.is_main)
+    if ctx.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "train_config.json").write_text(json.dumps(run.config_json, indent=2))
+    bar = tqdm(total=cfg.steps, initial=run.start_step, desc="train", unit="step",
+               disable=not (cfg.progress and ctx.is_main))
+    run.model.train()
+    try:
+        _loop(run, logger, bar)
+    finally:
+        bar.close()
+        logger.close()
+    return run.run_dir
+
+
+def _setup(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command: str | None) -> _Run:
+    """Data, model, EMA, optimizer and LR schedule, restored from the latest checkpoint on resume."""
     run_dir = Path(cfg.out)
     device = _device(cfg.device, ctx)
     if cfg.torch_threads:
@@ -442,61 +487,92 @@ def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     sampler = StepBatchSampler(data.train.sizes, [d.weight for d in cfg.datasets], cfg.batch_size, cfg.seed,
                                cfg.steps, start_step, ctx.rank, ctx.world_size)
     loader = make_step_loader(data.train, sampler, cfg.num_workers)
-    logger = _Logger(run_dir, start_step, ctx.is_main)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps(config_json, indent=2))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
     bc_step = BCStep(model, loss_module, optimizer, scheduler, ema, cfg.optim, autocast)
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not (cfg.progress and ctx.is_main))
-    window_loss, window_n, t_last, samples = 0.0, 0, time.perf_counter(), 0
-    t_start = t_last
-    model.train()
-    try:
-        with _StopOnSignal() as stop:
-            for step, batch in zip(range(start_step, cfg.steps), loader):
-                r = StepRandomness.draw(cfg.seed, step, cfg.batch_size, policy.horizon, max(len(cfg.cameras), 1),
-                                        policy.diffusion.num_train_timesteps, policy.cond_dropout)
-                r = r.rows(ctx.rank, ctx.world_size).to(device)
-                inputs = make_model_inputs(batch, data.normalizer, language, device)
-                actions = normalized_actions(batch, data.normalizer, device)
-                loss, grad_norm = bc_step(inputs, actions, r)
-                loss_value = ctx.mean(loss).item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss became {loss_value} at step {step}; last checkpoint: "
-                                             f"{ckpt.latest_checkpoint(run_dir)}")
-                window_loss, window_n, samples = window_loss + loss_value, window_n + 1, samples + cfg.batch_size
-                done = step + 1
-                bar.update(1)
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    now = time.perf_counter()
-                    logger.log(done, {"loss": window_loss / window_n, "loss_last": loss_value,
-                                      "lr": float(scheduler.get_last_lr()[0]), "grad_norm": float(grad_norm),
-                                      "samples_per_s": samples / (now - t_last),
-                                      "train_seconds": logger.previous_seconds + now - t_start,
-                                      "ema_decay": ema.decay()})
-                    bar.set_postfix(loss=f"{window_loss / window_n:.4f}")
-                    window_loss, window_n, t_last, samples = 0.0, 0, now, 0
-                if data.val is not None and (done % cfg.val_every == 0 or done == cfg.steps):
-                    ema_model = ema.model
-                    assert isinstance(ema_model, RDTPolicyModel)
-                    logger.log(done, {"val_loss": _validation_loss(ema_model, data, language, cfg, policy, device)})
-                # Checked after the step, so a stop leaves a checkpoint of a finished step and resuming from
-                # it continues the same (seed, step) sequence.
-                signum = _agreed_stop(stop.signum, ctx, device)
-                if done % cfg.ckpt_every == 0 or done == cfg.steps or signum:
-                    if ctx.is_main:
-                        _save(run_dir, done, config_json, model, ema, optimizer, scheduler, cfg.keep_checkpoints)
-                    ctx.barrier()
-                if signum and done < cfg.steps:
-                    written = ckpt.latest_checkpoint(run_dir)  # after the barrier: rank 0 wrote it
-                    assert written is not None
-                    raise TrainingInterrupted(signum, done, written)
-    finally:
-        bar.close()
-        logger.close()
-    return run_dir
+    return _Run(cfg=cfg, policy=policy, ctx=ctx, device=device, run_dir=run_dir, data=data, model=model,
+                ema=ema, optimizer=optimizer, scheduler=scheduler, language=language, bc_step=bc_step,
+                loader=loader, config_json=config_json, start_step=start_step)
+
+
+@dataclass
+class _Window:
+    """The training steps since the last log entry, which reports their mean loss and throughput."""
+
+    #: wall time (perf_counter, s) the window started
+    t_last: float
+    loss_sum: float = 0.0
+    n: int = 0
+    samples: int = 0
+
+    def add(self, loss: float, samples: int) -> None:
+        self.loss_sum, self.n, self.samples = self.loss_sum + loss, self.n + 1, self.samples + samples
+
+
+def _loop(run: _Run, logger: _Logger, bar: tqdm) -> None:
+    """Steps ``run.start_step`` .. ``cfg.steps``: log, validate and checkpoint as configured; on a signal,
+    log and save the step that finished, then raise :class:`TrainingInterrupted`."""
+    cfg, ctx = run.cfg, run.ctx
+    t_start = time.perf_counter()
+    window = _Window(t_start)
+    with _StopOnSignal() as stop:
+        for step, batch in zip(range(run.start_step, cfg.steps), run.loader):
+            loss_value, grad_norm = _train_step(run, step, batch)
+            window.add(loss_value, cfg.batch_size)
+            done = step + 1
+            bar.update(1)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                window = _log_window(run, logger, bar, window, done, loss_value, grad_norm, t_start)
+            if run.data.val is not None and (done % cfg.val_every == 0 or done == cfg.steps):
+                ema_model = run.ema.model
+                assert isinstance(ema_model, RDTPolicyModel)
+                val_loss = _validation_loss(ema_model, run.data, run.language, cfg, run.policy, run.device)
+                logger.log(done, {"val_loss": val_loss})
+            # Checked after the step, so a stop leaves a checkpoint of a finished step and resuming from
+            # it continues the same (seed, step) sequence.
+            signum = _agreed_stop(stop.signum, ctx, run.device)
+            # The steps since the last entry are logged before the save: a resume keeps only the entries up
+            # to the saved step, so a window logged after it would be lost.
+            if signum and window.n:
+                window = _log_window(run, logger, bar, window, done, loss_value, grad_norm, t_start)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or signum:
+                if ctx.is_main:
+                    _save(run.run_dir, done, run.config_json, run.model, run.ema, run.optimizer,
+                          cfg.keep_checkpoints)
+                ctx.barrier()
+            if signum and done < cfg.steps:
+                written = ckpt.latest_checkpoint(run.run_dir)  # after the barrier: rank 0 wrote it
+                assert written is not None
+                raise TrainingInterrupted(signum, done, written)
+
+
+def _train_step(run: _Run, step: int, batch: dict[str, Any]) -> tuple[float, torch.Tensor]:
+    """One optimisation step on this rank's rows of the global batch of ``step``; returns the loss (mean
+    over all ranks) and the gradient norm (a tensor: read only when logged)."""
+    cfg, policy = run.cfg, run.policy
+    r = StepRandomness.draw(cfg.seed, step, cfg.batch_size, policy.horizon, max(len(cfg.cameras), 1),
+                            policy.diffusion.num_train_timesteps, policy.cond_dropout)
+    r = r.rows(run.ctx.rank, run.ctx.world_size).to(run.device)
+    inputs = make_model_inputs(batch, run.data.normalizer, run.language, run.device)
+    actions = normalized_actions(batch, run.data.normalizer, run.device)
+    loss, grad_norm = run.bc_step(inputs, actions, r)
+    loss_value = run.ctx.mean(loss).item()
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"loss became {loss_value} at step {step}; last checkpoint: "
+                                 f"{ckpt.latest_checkpoint(run.run_dir)}")
+    return loss_value, grad_norm
+
+
+def _log_window(run: _Run, logger: _Logger, bar: tqdm, window: _Window, done: int,
+                loss_last: float, grad_norm: torch.Tensor, t_start: float) -> _Window:
+    """The log entry of step ``done`` for the steps of ``window``; returns the next (empty) window."""
+    now = time.perf_counter()
+    mean = window.loss_sum / window.n
+    logger.log(done, {"loss": mean, "loss_last": loss_last, "lr": float(run.scheduler.get_last_lr()[0]),
+                      "grad_norm": float(grad_norm), "samples_per_s": window.samples / (now - window.t_last),
+                      "train_seconds": logger.previous_seconds + now - t_start, "ema_decay": run.ema.decay()})
+    bar.set_postfix(loss=f"{mean:.4f}")
+    return _Window(now)
 
 
 def _say(message: str) -> None:
@@ -523,11 +599,13 @@ def _validation_loss(model: RDTPolicyModel, data: TrainingData, language: Langua
 
 
 def _save(run_dir: Path, step: int, config: dict[str, Any], model: nn.Module, ema: EMA,
-          optimizer: torch.optim.Optimizer, scheduler: Any, keep: int) -> Path:
+          optimizer: torch.optim.Optimizer, keep: int) -> Path:
+    """Weights, EMA and optimizer state of ``step``. No LR scheduler state: :func:`_restore` rebuilds the
+    schedule at the step (checkpoints written before this still carry a ``scheduler`` entry, unread)."""
     optim_tensors, optim_plain = ckpt.optimizer_to_flat(optimizer.state_dict())
     train_tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     train_tensors.update(optim_tensors)
-    train_json = {"optimizer": optim_plain, "scheduler": scheduler.state_dict(), "ema_step": ema.step}
+    train_json = {"optimizer": optim_plain, "ema_step": ema.step}
     return ckpt.save_checkpoint(run_dir, step, config, ema.model.state_dict(), train_tensors, train_json, keep)
 
 
