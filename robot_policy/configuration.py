@@ -440,14 +440,17 @@ def compose(config_name: str, overrides: list[str], config_dir: Path = CONFIG_DI
 # --- plain data -> dataclass -----------------------------------------------------------------------------
 
 
-def _check_keys(cls: Any, data: Mapping[str, Any], prefix: str) -> None:
+def _check_keys(cls: Any, data: Mapping[str, Any], prefix: str, root: Any = None) -> None:
+    """Every key of ``data`` is a field of ``cls`` (recursively); ``root`` is the top schema, which
+    :func:`_unknown_key` resolves the dotted key against."""
+    root = cls if root is None else root
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key not in hints:
-            raise ConfigError(_unknown_key(cls, _join(prefix, str(key))))
+            raise ConfigError(_unknown_key(root, _join(prefix, str(key))))
         tp = _split_optional(hints[key])[1]
         if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
-            _check_keys(tp, value, _join(prefix, key))
+            _check_keys(tp, value, _join(prefix, key), root)
 
 
 def _build(tp: Any, value: Any, where: str) -> Any:

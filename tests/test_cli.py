@@ -251,3 +251,11 @@ def test_eval_sampler_reaches_the_checkpoint_and_eval_json(tmp_path: Path) -> No
         assert main(["eval", f"policy={ckpt}", "episodes=1", "workers=1", "videos=0", f"out={out}", *extra]) == 0
         report = json.loads((out / "eval.json").read_text())
         assert (report["sampler"], report["sampler_steps"]) == expected  # the checkpoint's own when not given
+
+
+def test_a_nested_unknown_key_names_the_closest_nested_option() -> None:
+    from robot_policy.configuration import to_dataclass
+    from robot_policy.train.loop import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"unknown option 'optim.lrr'; did you mean 'optim.lr'\?"):
+        to_dataclass(TrainConfig, {"out": "x", "optim": {"lrr": 1}})
