@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from robot_policy.configuration import compose, merge_schemas
+from robot_policy.configuration import merge_schemas
 from robot_policy.envs.base import TaskConfig
 
 
@@ -63,18 +63,9 @@ def eval_schema() -> type:
 @functools.cache
 def train_schema() -> type:
     """The options of ``robot-policy train`` as the CLI reads them: the library's schema
-    (:func:`robot_policy.train.config.train_schema`) with the task group typed as TaskConfig."""
+    (:func:`robot_policy.train.config.train_schema`) with the task group typed as TaskConfig, so that a task
+    key TaskConfig does not have (``task.max_stepz=3``, ``+task.max_stepz=3``) is an error naming the
+    closest valid key, as in collect and eval, rather than a new key of a mapping that training ignores."""
     from robot_policy.train.config import train_schema as library_schema
 
     return merge_schemas("TrainOptions", TrainTaskChoice, library_schema())
-
-
-def check_train_overrides(argv: list[str]) -> None:
-    """Compose ``configs/train.yaml`` with ``argv`` against :func:`train_schema`, so that a task key that
-    TaskConfig does not have (``task.max_stepz=3``, ``+task.max_stepz=3``) is an error naming the closest
-    valid key, as in collect and eval, rather than a new key of a mapping that training ignores.
-
-    Raises:
-        ConfigError: an unknown key or a value of the wrong type, naming it.
-    """
-    compose("train", argv, schema=train_schema())

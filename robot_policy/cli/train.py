@@ -14,7 +14,7 @@ SUMMARY = "train a diffusion policy on episode stores (checkpoints, TensorBoard,
 
 
 def main(argv: list[str]) -> int:
-    from robot_policy.cli.options import check_train_overrides, train_schema
+    from robot_policy.cli.options import train_schema
 
     if "--help" in argv or "-h" in argv:
         print(verb_help(__doc__ or "", train_schema(), "train"))
@@ -24,8 +24,7 @@ def main(argv: list[str]) -> int:
     from robot_policy.train.loop import TrainingInterrupted, train
 
     try:
-        check_train_overrides(argv)  # the task's keys too: the library takes the task as a mapping
-        cfg, policy = parse_train_config(argv)
+        cfg, policy = parse_train_config(argv, schema=train_schema())  # task keys checked against TaskConfig
     except (ConfigError, ValueError, KeyError) as e:
         return fail(str(e))
     except StoreError as e:  # task= reads each store's task: a missing or damaged store

@@ -51,8 +51,11 @@ def train_schema() -> type:
     return merge_schemas("TrainOptions", TrainCLIOptions, TrainConfig, drop=("datasets",))
 
 
-def parse_train_config(argv: list[str]) -> tuple[TrainConfig, RDTConfig]:
+def parse_train_config(argv: list[str], schema: type | None = None) -> tuple[TrainConfig, RDTConfig]:
     """Compose ``configs/train.yaml`` with ``argv``'s overrides into the training and policy configs.
+
+    ``schema`` defaults to :func:`train_schema` (the task as a mapping: this layer does not import the env
+    layer); the CLI passes one with the task typed, so a task key is checked in the same compose.
 
     Refuses what does not fit, naming both sides: ``dataset.path`` together with ``dataset.paths``, and a
     ``task=`` other than the task a store records (leave ``task=`` out to mix stores of several tasks).
@@ -60,7 +63,7 @@ def parse_train_config(argv: list[str]) -> tuple[TrainConfig, RDTConfig]:
     """
     from robot_policy.train.loop import TrainConfig
 
-    raw = OmegaConf.to_container(compose("train", argv, schema=train_schema()), resolve=True)
+    raw = OmegaConf.to_container(compose("train", argv, schema=schema or train_schema()), resolve=True)
     assert isinstance(raw, dict)
     task = raw.pop("task")
     policy = policy_config_from_dict(raw.pop("policy"), where="policy")

@@ -465,7 +465,8 @@ def _setup(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command
     config_json = checkpoint_config(policy, cfg, data)
     config_json["command"] = command
     start_step = 0
-    if latest is not None and saved is not None:
+    if saved is not None:
+        assert latest is not None
         check_resumable(saved, json.loads(json.dumps(config_json, default=str)))
         start_step = _restore(latest, model, ema, optimizer)
     config_json["lr_schedule"] = _lr_schedule(saved, start_step, cfg.steps)
