@@ -183,9 +183,8 @@ def _check_data_arrays(arrays: dict[str, zarr.Array], cameras: dict[str, Any], n
     for name, cam in cameras.items():
         key = fmt.image_key(name)
         if key not in arrays:
-            if not n_episodes:
-                continue
-            report.error(f"data/{key}", f"camera {name!r} is in attrs.cameras but has no array")
+            if n_episodes:  # an empty store gets its image arrays with its first episode
+                report.error(f"data/{key}", f"camera {name!r} is in attrs.cameras but has no array")
             continue
         arr = arrays[key]
         want = (int(cam.get("height", -1)), int(cam.get("width", -1)), 3)
