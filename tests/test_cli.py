@@ -245,7 +245,7 @@ def test_eval_sampler_reaches_the_checkpoint_and_eval_json(tmp_path: Path) -> No
     ckpt = run / "checkpoints" / "latest"
     task, policy, cfg = parse_eval_config([f"policy={ckpt}", "sampler=ddim", "sampler_steps=3"])
     loaded = load_policy(policy, make_env(task), **cfg.policy_loader_kwargs())
-    assert (loaded._sampler.kind, loaded._sampler.num_steps) == ("ddim", 3)  # type: ignore[attr-defined]
+    assert (loaded.base.sampler.kind, loaded.base.sampler.num_steps) == ("ddim", 3)  # type: ignore[attr-defined]
     for extra, expected in ((["sampler=ddim", "sampler_steps=3"], ("ddim", 3)), ([], ("dpmsolver++", 5))):
         out = tmp_path / f"eval{len(extra)}"
         assert main(["eval", f"policy={ckpt}", "episodes=1", "workers=1", "videos=0", f"out={out}", *extra]) == 0

@@ -103,9 +103,17 @@ def _resolve_sampler(cfg: EvalConfig, policy: str) -> EvalConfig:
             raise ConfigError(f"sampler={_null(cfg.sampler)} sampler_steps={_null(cfg.sampler_steps)}: they choose "
                               f"how a diffusion checkpoint samples; {policy!r} is not a checkpoint directory")
         return cfg
-    from robot_policy.models.checkpoint import load_config
+    from robot_policy.models.checkpoint import load_config, resolve_checkpoint
+    from robot_policy.policies.composite import is_composite
 
-    diffusion = load_config(Path(policy))["policy"]["diffusion"]
+    meta = load_config(resolve_checkpoint(policy))
+    if is_composite(meta):  # fine-tuned on its base's sampler: that one is part of the policy
+        if cfg.sampler is not None or cfg.sampler_steps is not None:
+            raise ConfigError(f"sampler={_null(cfg.sampler)} sampler_steps={_null(cfg.sampler_steps)}: {policy} is a "
+                              f"fine-tuned composite; its base samples with {meta['base']['sampler']} "
+                              f"({meta['base']['num_steps']} steps), as it was fine-tuned")
+        return cfg
+    diffusion = meta["policy"]["diffusion"]
     steps = cfg.sampler_steps or int(diffusion["num_inference_steps"])
     total = int(diffusion["num_train_timesteps"])
     if not 1 <= steps <= total:

@@ -15,6 +15,7 @@ VERBS: dict[str, str] = {
     "collect": "robot_policy.cli.collect",
     "train": "robot_policy.cli.train",
     "eval": "robot_policy.cli.eval",
+    "finetune": "robot_policy.cli.finetune",
     "bench": "robot_policy.cli.bench",
     "demo": "robot_policy.cli.demo",
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
@@ -16,6 +17,9 @@ from robot_policy.envs.registry import make_env
 
 
 def _build(task: TaskConfig) -> ManipulationEnv:
+    # Ctrl-C reaches the whole process group; the parent decides what an interrupt means (a fine-tuning run
+    # saves a checkpoint first, which needs its envs alive), so the workers ignore it. They exit with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return make_env(task)
 
 

@@ -31,12 +31,18 @@ def is_checkpoint(spec: str | Path) -> bool:
 def load_policy(spec: str | Path, env: ManipulationEnv, **kwargs: Any) -> Policy:
     """A built-in policy by name (built for ``env``), or a trained policy from a checkpoint directory.
 
-    ``kwargs`` go to the built-in's constructor, or to ``DiffusionPolicy.from_checkpoint``; a checkpoint
+    ``kwargs`` go to the built-in's constructor, or to ``DiffusionPolicy.from_checkpoint`` (a fine-tuned
+    composite's to ``load_composite``: ``base=`` where its base lives now); a checkpoint
     drives ``env``'s embodiment with ``env``'s instruction unless ``embodiment``/``language`` say otherwise
     (a multi-task checkpoint holds several).
     """
     if is_checkpoint(spec):
+        from robot_policy.policies.composite import is_composite, load_composite
         from robot_policy.policies.diffusion import DiffusionPolicy
+
+        if is_composite(ckpt.load_config(ckpt.resolve_checkpoint(spec))):
+            kwargs.setdefault("embodiment", env.embodiment.name)
+            return load_composite(spec, **kwargs)
 
         kwargs.setdefault("embodiment", env.embodiment.name)
         kwargs.setdefault("language", env.task.language)
