@@ -178,6 +178,26 @@ def test_randomization_is_applied_and_deterministic() -> None:
         assert len(extents) == len(masses) == len(joints) == 4
 
 
+def test_latency_range_is_drawn_per_episode_without_moving_the_scene() -> None:
+    """action_latency_max_steps draws each episode's latency (the queue of held actions) from its own stream:
+    the scene's draws stay those of the fixed-latency task, and get_state/reset_to keep the latency."""
+    rnd = {"action_latency_steps": 0, "action_latency_max_steps": 3, "object_mass_scale": [0.5, 2.0]}
+    with make_env(TASK, randomization=rnd) as e, make_env(TASK, randomization={"object_mass_scale": [0.5, 2.0]}) as fixed:
+        latencies = set()
+        for seed in range(12):
+            obs, _ = e.reset(seed=seed)
+            latencies.add(len(e._pending))
+            np.testing.assert_array_equal(obs[OBS_OBJECT], fixed.reset(seed=seed)[0][OBS_OBJECT])
+        assert latencies == {0, 1, 2, 3}
+        e.reset(seed=next(s for s in range(12) if (e.reset(seed=s), len(e._pending))[1] == 3))
+        state = e.get_state()
+        e.reset(seed=0)
+        e.reset_to(state)
+        assert len(e._pending) == 3
+    with pytest.raises(ValueError, match="action_latency_max_steps"):
+        make_env(TASK, randomization={"action_latency_steps": 2, "action_latency_max_steps": 1})
+
+
 def test_world_rebuild_keeps_trajectories(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rebuilding the world when tray shapes pile up (size randomisation) changes nothing observable."""
     rnd = {"object_size_scale": [0.9, 1.1]}

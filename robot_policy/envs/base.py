@@ -58,6 +58,8 @@ class Randomization:
     obs_noise_std: float = 0.0
     #: actions take effect this many control steps after they are sent (the first steps hold)
     action_latency_steps: int = 0
+    #: when set, the latency is drawn per episode uniformly from action_latency_steps..this (inclusive)
+    action_latency_max_steps: int | None = None
 
     def __post_init__(self) -> None:
         self.object_size_scale = tuple(self.object_size_scale)  # type: ignore[assignment]
@@ -70,6 +72,15 @@ class Randomization:
                 raise ValueError(f"randomization.{name}: must be >= 0, got {getattr(self, name)}")
         if self.action_latency_steps < 0:
             raise ValueError(f"randomization.action_latency_steps: must be >= 0, got {self.action_latency_steps}")
+        if self.action_latency_max_steps is not None and self.action_latency_max_steps < self.action_latency_steps:
+            raise ValueError(f"randomization.action_latency_max_steps ({self.action_latency_max_steps}) must be >= "
+                             f"action_latency_steps ({self.action_latency_steps})")
+
+    def draw_latency(self, rng: np.random.Generator) -> int:
+        """This episode's action latency in control steps."""
+        if self.action_latency_max_steps is None:
+            return self.action_latency_steps
+        return int(rng.integers(self.action_latency_steps, self.action_latency_max_steps + 1))
 
 
 @dataclass
@@ -201,7 +212,9 @@ class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
         self._reset_sim(rng)
         self._steps = 0
         self._succeeded = False
-        self._pending = deque(self._hold_action() for _ in range(self.task.randomization.action_latency_steps))
+        # drawn from its own stream (of the noise seed), so a latency range leaves the scene's draws unchanged
+        latency = self.task.randomization.draw_latency(np.random.default_rng([self._obs_noise_seed, 1]))
+        self._pending = deque(self._hold_action() for _ in range(latency))
         return self._observe(), {"success": False}
 
     def step(self, action: np.ndarray) -> tuple[Obs, float, bool, bool, dict]:
