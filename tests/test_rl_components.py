@@ -437,22 +437,14 @@ def one_env_vector() -> Iterator[Any]:
     envs.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: VectorRollout.plan (robot_policy/algorithms/vector_rollout.py:156) calls base.sample without a "
-    "generator, so a stochastic sampler (finetune base_sampler=ddpm, or ddim with eta > 0, which FinetuneConfig "
-    "accepts) draws its per-step noise from torch's global RNG: episodes are not reproducible from their seeds, "
-    "and the composites (which pass the episode's generator) run another policy than the one fine-tuned"))
-def test_vector_rollout_with_a_stochastic_sampler_is_reproducible_from_its_seeds(base_ckpt: Path,
-                                                                                  one_env_vector: Any) -> None:
-    """The module's promise, "every episode is reproducible from its seed", with the base sampled by DDPM:
-    the same seed gives the same actions whatever torch's global RNG holds."""
+def test_vector_rollout_refuses_a_stochastic_sampler(base_ckpt: Path, one_env_vector: Any) -> None:
+    """Only x_T is drawn from an episode's seed, so a sampler with per-step noise (DDPM, DDIM with eta > 0)
+    would make episodes depend on torch's global RNG and the composites run another policy: it is refused,
+    and a deterministic sampler (DDIM with eta 0) is accepted."""
     ddpm = FrozenBase.from_checkpoint(base_ckpt, sampler="ddpm", num_steps=10)
-    runs = []
-    for global_seed in (0, 1):
-        torch.manual_seed(global_seed)
-        _, actions, _ = _roll(VectorRollout(one_env_vector, ddpm, iter([5])))
-        runs.append(np.stack(actions))
-    assert np.array_equal(runs[0], runs[1])
+    with pytest.raises(ValueError, match="stochastic sampler"):
+        VectorRollout(one_env_vector, ddpm, iter([5]))
+    VectorRollout(one_env_vector, FrozenBase.from_checkpoint(base_ckpt, sampler="ddim", num_steps=4), iter([5]))
 
 
 # --- the algorithms on one in-process env: what they collect and store, and the composites they write ---------

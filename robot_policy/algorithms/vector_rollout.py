@@ -68,6 +68,11 @@ class VectorRollout:
 
     def __init__(self, envs: VectorEnvLike, base: FrozenBase, seeds: Iterator[int],
                  execute_horizon: int | None = None) -> None:
+        if not base.sampler.deterministic:
+            # only x_T is drawn from the episode's seed: a sampler's per-step noise would come from torch's global
+            # RNG, so episodes would not be reproducible and the composites would run another policy
+            raise ValueError(f"the base samples with {base.sampler.kind} (eta {base.sampler.eta}), a stochastic "
+                             "sampler; vectorised rollouts need a deterministic one: dpmsolver++, or ddim with eta 0")
         self.envs = envs
         self.base = base
         self.n = int(envs.num_envs)

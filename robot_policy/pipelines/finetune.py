@@ -226,6 +226,11 @@ def finetune(cfg: FinetuneConfig, task: TaskConfig, algo_cfg: Any, command: str 
     torch.set_num_threads(cfg.torch_threads)
     base = FrozenBase.from_checkpoint(cfg.base, sampler=cfg.base_sampler, num_steps=cfg.base_steps,
                                       embodiment=None, language=task.language)
+    if not base.sampler.deterministic:
+        # the batched rollouts and the composites draw only x_T from the episode's seed: a sampler's per-step
+        # noise would come from torch's global RNG, and DSRL needs chunk = f(observation, w)
+        raise ValueError(f"base_sampler={base.sampler.kind} (eta {base.sampler.eta}) is stochastic; fine-tuning "
+                         "needs a deterministic sampler: dpmsolver++, or ddim with eta 0")
     if base.embodiment.name != task.embodiment:
         raise ValueError(f"base {base.path} drives {base.embodiment.name}; task {task.name} is "
                          f"{task.embodiment}")
@@ -311,7 +316,8 @@ def finetune(cfg: FinetuneConfig, task: TaskConfig, algo_cfg: Any, command: str 
                 run_eval()
                 save()
                 next_eval = (env_steps // cfg.eval_every + 1) * cfg.eval_every
-                rollout.start()  # evaluation reset the envs
+                if eval_seeds:
+                    rollout.start()  # evaluation reset the envs
         if stop.signum:
             raise FinetuneInterrupted(stop.signum, env_steps, save())
         if _step_of(ckpt.latest_checkpoint(run_dir)) != env_steps:

@@ -136,7 +136,8 @@ def _plot(run_dir: Path, tuning: list[dict[str, Any]], heldout: list[dict[str, A
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("success (%)")
     axes[0].set_ylim(0, 102)
-    axes[0].legend(loc="lower right", fontsize=8)
+    if tuning or heldout:
+        axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(run_dir.name)
     fig.tight_layout()
     out = run_dir / "curve.png"
