@@ -301,15 +301,7 @@ def finetune(cfg: FinetuneConfig, task: TaskConfig, algo_cfg: Any, command: str 
             env_steps += steps
             bar.update(steps)
             window = (window + episodes)[-200:]
-            row: dict[str, Any] = {f"train/{k}": v for k, v in metrics.items()}
-            row["rollout/episodes"] = len(episodes)
-            if episodes:
-                row["rollout/success_rate"] = float(np.mean([s for _, s, _ in episodes]))
-                row["rollout/episode_length"] = float(np.mean([n for _, _, n in episodes]))
-            row["rollout/success_rate_last200"] = float(np.mean([s for _, s, _ in window])) if window else 0.0
-            row["perf/env_steps_per_second"] = steps / max(seconds, 1e-9)
-            row["perf/base_share"] = (after["base_seconds"] - before["base_seconds"]) / max(seconds, 1e-9)
-            row["perf/env_share"] = (after["env_seconds"] - before["env_seconds"]) / max(seconds, 1e-9)
+            row = _train_row(metrics, episodes, window, before, after, seconds)
             row["wall_seconds"] = wall()
             log.log(env_steps, row)
             if env_steps >= next_eval:
@@ -329,6 +321,24 @@ def finetune(cfg: FinetuneConfig, task: TaskConfig, algo_cfg: Any, command: str 
         envs.close()
         log.close()
     return run_dir
+
+
+def _train_row(metrics: dict[str, float], episodes: list[tuple[int, bool, int]],
+               window: list[tuple[int, bool, int]], before: dict[str, float], after: dict[str, float],
+               seconds: float) -> dict[str, Any]:
+    """One iteration's metrics.jsonl row: the algorithm's metrics, the episodes that ended (and the last 200),
+    throughput and the shares of its ``seconds`` spent in the envs and in the base."""
+    row: dict[str, Any] = {f"train/{k}": v for k, v in metrics.items()}
+    row["rollout/episodes"] = len(episodes)
+    if episodes:
+        row["rollout/success_rate"] = float(np.mean([s for _, s, _ in episodes]))
+        row["rollout/episode_length"] = float(np.mean([n for _, _, n in episodes]))
+    row["rollout/success_rate_last200"] = float(np.mean([s for _, s, _ in window])) if window else 0.0
+    seconds = max(seconds, 1e-9)
+    row["perf/env_steps_per_second"] = (after["env_steps"] - before["env_steps"]) / seconds
+    row["perf/base_share"] = (after["base_seconds"] - before["base_seconds"]) / seconds
+    row["perf/env_share"] = (after["env_seconds"] - before["env_seconds"]) / seconds
+    return row
 
 
 def _step_of(path: Path | None) -> int:
