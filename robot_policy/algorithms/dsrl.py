@@ -45,8 +45,10 @@ class DSRLConfig:
 
     #: half-width of the box w lives in (DSRL: 1.5)
     w_max: float = 1.5
-    #: gradient steps per chunk transition collected (update-to-data ratio; DSRL: 20 on a GPU)
-    utd: int = 4
+    #: gradient steps per chunk transition collected (update-to-data ratio; DSRL: 20 on a GPU). On these
+    #: CPUs an update of the critics and actor at batch 256 took 125-175 ms with two RL runs sharing the 2
+    #: cores (BENCHMARKS.md); with 4, the learner starved the envs (24 env steps/s), so 1
+    utd: int = 1
     batch_size: int = 256
     #: discount per chunk
     gamma: float = 0.99
@@ -63,7 +65,8 @@ class DSRLConfig:
     #: chunk transitions collected with w ~ N(0, I) before the actor acts and updates start
     warmup_chunks: int = 500
     replay_capacity: int = 100_000
-    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    #: hidden widths of the actor and critics (LayerNorm ReLU MLPs)
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
     #: clip of the normalised observation features
     obs_clip: float = 3.0
     #: seed of the fixed draw filling x_T outside w
