@@ -206,6 +206,10 @@ def test_finetune_report_evaluates_every_checkpoint_on_heldout_seeds(tmp_path: P
     assert [r["env_steps"] for r in rows] == [0, 128, 256]
     assert all(r["episodes"] == 2 and r["seeds"] == [1_000_000, 1_000_001] for r in rows)
     assert "Held-out seeds 1000000-1000001" in (copy / "report.md").read_text()
+    # checkpoints=1: the base and the last checkpoint only
+    assert cli_main(["finetune", "report", str(copy), "episodes=2", "num_envs=2", "checkpoints=1",
+                     "progress=false"]) == 0
+    assert [r["env_steps"] for r in json.loads((copy / "heldout.json").read_text())] == [0, 256]
     assert cli_main(["finetune", "report", str(tmp_path / "nothing"), "episodes=2"]) != 0
 
 

@@ -7,8 +7,8 @@ Writes DIR/checkpoints (a composite policy: `robot-policy eval policy=DIR/checkp
 DIR/metrics.jsonl, DIR/tb (TensorBoard) and, at the end, DIR/report.md with DIR/curve.png.
 Continue a run: resume=true. The algorithm's own options: rl.KEY=VALUE (listed with rl=NAME --help).
 
-robot-policy finetune report DIR [episodes=100 seed=1000000 num_envs=8]
-evaluates the base and every kept checkpoint of the run in DIR on held-out seeds (DIR/heldout.json) and
+robot-policy finetune report DIR [episodes=100 seed=1000000 num_envs=8 checkpoints=0]
+evaluates the base and every kept checkpoint (or `checkpoints` of them, evenly spaced) of the run in DIR on held-out seeds (DIR/heldout.json) and
 rewrites DIR/report.md and DIR/curve.png with the held-out curve; episodes=0 only rewrites the report.
 """
 
@@ -87,6 +87,8 @@ class ReportOptions:
     seed: int = 1_000_000
     #: envs stepped in lockstep
     num_envs: int = 8
+    #: evaluate at most this many checkpoints, evenly spaced, the last included (0 = every kept one)
+    checkpoints: int = 0
     #: show a progress bar
     progress: bool = True
 
@@ -108,7 +110,7 @@ def report_main(argv: list[str]) -> int:
     try:
         if opts.episodes > 0:
             evaluate_run_checkpoints(run_dir, range(opts.seed, opts.seed + opts.episodes), opts.num_envs,
-                                     progress=opts.progress)
+                                     progress=opts.progress, max_checkpoints=opts.checkpoints)
         report = write_report(run_dir)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         return fail(str(e), code=1)

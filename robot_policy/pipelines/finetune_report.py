@@ -66,8 +66,10 @@ def _step_dirs(run_dir: Path) -> list[Path]:
 
 
 def evaluate_run_checkpoints(run_dir: str | Path, seeds: Iterable[int], num_envs: int = 8,
-                             progress: bool = True) -> Path:
-    """Evaluate the base and every kept checkpoint of a run on ``seeds``; write ``heldout.json``."""
+                             progress: bool = True, max_checkpoints: int = 0) -> Path:
+    """Evaluate the base and the kept checkpoints of a run on ``seeds``; write ``heldout.json``.
+
+    ``max_checkpoints`` > 0 evaluates only that many, evenly spaced over the kept ones, the last included."""
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
@@ -75,6 +77,9 @@ def evaluate_run_checkpoints(run_dir: str | Path, seeds: Iterable[int], num_envs
     dirs = _step_dirs(run_dir)
     if not dirs:
         raise FileNotFoundError(f"{run_dir}/checkpoints: no complete checkpoint to evaluate")
+    if 0 < max_checkpoints < len(dirs):
+        picks = np.linspace(len(dirs) - 1, 0, max_checkpoints).round().astype(int)
+        dirs = [dirs[i] for i in sorted(set(picks.tolist()))]
     meta = ckpt.load_config(dirs[-1])
     task = task_config_from_dict(meta["task"], where=f"{dirs[-1]}/config.json task")
     base = FrozenBase.from_checkpoint(meta["base"]["path"], sampler=meta["base"]["sampler"],
