@@ -139,7 +139,7 @@ class ResidualPPO:
     def collect(self, rollout: VectorRollout) -> tuple[dict[str, Tensor], list[tuple[int, bool, int]]]:
         """``rollout_steps`` lockstep steps with sampled residuals. Returns the batch (T, N, ...) and the
         (seed, success, length) of every episode that ended."""
-        T, N = self.cfg.rollout_steps, rollout.n
+        T = self.cfg.rollout_steps
         buf: dict[str, list[Tensor]] = {k: [] for k in ("feats", "a_base", "residual", "logp", "value", "reward",
                                                          "done")}
         episodes: list[tuple[int, bool, int]] = []
@@ -162,7 +162,6 @@ class ResidualPPO:
         batch["advantages"], batch["returns"] = compute_gae(batch["reward"], batch["value"], batch["done"],
                                                             self.critic(feats, a_base), self.cfg.gamma,
                                                             self.cfg.gae_lambda)
-        del N
         return batch, episodes
 
     # ---- update ---------------------------------------------------------------------------------
