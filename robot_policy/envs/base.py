@@ -212,8 +212,9 @@ class ManipulationEnv(gym.Env[Obs, np.ndarray], abc.ABC):
         self._reset_sim(rng)
         self._steps = 0
         self._succeeded = False
-        # drawn from its own stream (of the noise seed), so a latency range leaves the scene's draws unchanged
-        latency = self.task.randomization.draw_latency(np.random.default_rng([self._obs_noise_seed, 1]))
+        # drawn from its own stream of the noise seed (the observation noise of step k uses [seed, k]), so a latency
+        # range leaves the scene's draws unchanged
+        latency = self.task.randomization.draw_latency(np.random.default_rng([self._obs_noise_seed, 0, 1]))
         self._pending = deque(self._hold_action() for _ in range(latency))
         return self._observe(), {"success": False}
 
