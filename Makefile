@@ -11,7 +11,8 @@ TORCH  := torch==2.13.0
 # libusb for pyrealsense2.
 DEB_PACKAGES := libosmesa6 libusb-1.0-0 libegl1
 # The whole suite, slow tests (tiny end-to-end runs) included; gpu/ros/hardware tests skip themselves where
-# the thing is missing. A fresh clone's `bash .ci/run` took 4 min 5 s on 2 cores, setup included (BENCHMARKS.md).
+# the thing is missing. A fresh clone's `bash .ci/run` took 7 min 12 s on 2 cores (one other job running), setup
+# included (README.md).
 PYTEST_ARGS ?= -m "not gpu and not ros and not hardware" -n 2
 
 .PHONY: setup system-deps test test-fast demo bench lint clean
