@@ -21,6 +21,7 @@ A time-out ends the episode with no bootstrap, as in residual PPO (succeed withi
 
 from __future__ import annotations
 
+import abc
 import copy
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,8 +84,9 @@ class DSRLConfig:
             raise ValueError(f"gamma and tau must be in (0, 1]; got {self.gamma}, {self.tau}")
 
 
-class _DSRLBase:
-    """What both variants share: the w space, features, the actor, chunk bookkeeping, the replay."""
+class _DSRLBase(abc.ABC):
+    """What both variants share: the w space, features, the actor, chunk bookkeeping, the replay. A variant
+    adds its critics (:meth:`_modules`, :meth:`_optimizers`) and their :meth:`update`."""
 
     name = "dsrl"
 
@@ -204,8 +206,9 @@ class _DSRLBase:
         self.alpha_opt.step()
         return float(self.log_alpha.exp().detach())
 
+    @abc.abstractmethod
     def update(self) -> dict[str, float]:
-        raise NotImplementedError
+        """One gradient step on a replay batch; returns its losses and statistics."""
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def policy_state(self) -> dict[str, Tensor]:
@@ -216,34 +219,26 @@ class _DSRLBase:
                 "noise_seed": self.cfg.noise_seed, "obs_dim": self.features.dim, "w_dim": self.noise.dim,
                 "execute_horizon": self.execute_horizon}
 
+    @abc.abstractmethod
     def _modules(self) -> dict[str, nn.Module]:
-        raise NotImplementedError
+        """The variant's networks by name (what the train state saves besides the actor)."""
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor_opt": self.actor_opt, "alpha_opt": self.alpha_opt}
 
     def train_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        tensors: dict[str, Tensor] = {"log_alpha": self.log_alpha.detach().clone()}
-        for name, module in self._modules().items():
-            tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
-        plain: dict[str, Any] = {"updates": self.updates, "chunks_seen": self.chunks_seen,
-                                 "replay_size": self.replay.size, "replay_pos": self.replay.pos,
-                                 "generator": self.generator.get_state().tolist()}
-        for name, opt in self._optimizers().items():
-            t, p = ckpt.optimizer_to_flat(opt.state_dict())
-            tensors.update({f"{name}.{k}": v for k, v in t.items()})
-            plain[name] = p
+        tensors, plain = ckpt.modules_to_flat(self._modules(), self._optimizers())
+        tensors["log_alpha"] = self.log_alpha.detach().clone()
         tensors.update(self.replay.state_tensors())
+        plain.update({"updates": self.updates, "chunks_seen": self.chunks_seen, "replay_size": self.replay.size,
+                      "replay_pos": self.replay.pos, "generator": self.generator.get_state().tolist()})
         return tensors, plain
 
     def load(self, policy: dict[str, Tensor], tensors: dict[str, Tensor], plain: dict[str, Any]) -> None:
-        self.actor.load_state_dict(_sub(policy, "actor."))
+        self.actor.load_state_dict(ckpt.strip_prefix(policy, "actor."))
         with torch.no_grad():
             self.log_alpha.copy_(tensors["log_alpha"])
-        for name, module in self._modules().items():
-            module.load_state_dict(_sub(tensors, f"{name}."))
-        for name, opt in self._optimizers().items():
-            opt.load_state_dict(ckpt.optimizer_from_flat(_sub(tensors, f"{name}."), plain[name]))
+        ckpt.load_modules_from_flat(self._modules(), self._optimizers(), tensors, plain)
         self.updates, self.chunks_seen = int(plain["updates"]), int(plain["chunks_seen"])
         self.replay.load_tensors(tensors, int(plain["replay_size"]), int(plain["replay_pos"]))
         self.generator.set_state(torch.tensor(plain["generator"], dtype=torch.uint8))
@@ -396,7 +391,3 @@ def _polyak(net: nn.Module, target: nn.Module, tau: float) -> None:
     with torch.no_grad():
         for p, tp in zip(net.parameters(), target.parameters(), strict=True):
             tp.mul_(1 - tau).add_(p, alpha=tau)
-
-
-def _sub(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from robot_policy.algorithms.running_stats import RewardScaler
 from robot_policy.algorithms.vector_rollout import VectorRollout
+from robot_policy.models import checkpoint as ckpt
 from robot_policy.models.frozen_base import FrozenBase
 from robot_policy.models.rl_heads import ObservationFeatures, ResidualActor, ValueCritic
 
@@ -229,30 +230,19 @@ class ResidualPPO:
                 "log_std": self.cfg.log_std, "obs_clip": self.cfg.obs_clip,
                 "obs_dim": self.features.dim, "action_dim": int(self.used.numel())}
 
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+
     def train_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Critic, optimiser moments (tensors) and scalar state (JSON) for resume."""
-        from robot_policy.models.checkpoint import optimizer_to_flat
-
-        tensors = {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
-        plain: dict[str, Any] = {"updates": self.updates, "reward_scaler": self.reward_scaler.state_dict(),
-                                 "generator": self.generator.get_state().tolist()}
-        for name, opt in (("actor_opt", self.actor_opt), ("critic_opt", self.critic_opt)):
-            t, p = optimizer_to_flat(opt.state_dict())
-            tensors.update({f"{name}.{k}": v for k, v in t.items()})
-            plain[name] = p
+        tensors, plain = ckpt.modules_to_flat({"critic": self.critic}, self._optimizers())
+        plain.update({"updates": self.updates, "reward_scaler": self.reward_scaler.state_dict(),
+                      "generator": self.generator.get_state().tolist()})
         return tensors, plain
 
     def load(self, policy: dict[str, Tensor], tensors: dict[str, Tensor], plain: dict[str, Any]) -> None:
-        from robot_policy.models.checkpoint import optimizer_from_flat
-
-        self.actor.load_state_dict(_sub(policy, "actor."))
-        self.critic.load_state_dict(_sub(tensors, "critic."))
-        for name, opt in (("actor_opt", self.actor_opt), ("critic_opt", self.critic_opt)):
-            opt.load_state_dict(optimizer_from_flat(_sub(tensors, f"{name}."), plain[name]))
+        self.actor.load_state_dict(ckpt.strip_prefix(policy, "actor."))
+        ckpt.load_modules_from_flat({"critic": self.critic}, self._optimizers(), tensors, plain)
         self.updates = int(plain["updates"])
         self.reward_scaler.load_state_dict(plain["reward_scaler"])
         self.generator.set_state(torch.tensor(plain["generator"], dtype=torch.uint8))
-
-
-def _sub(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

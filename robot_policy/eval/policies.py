@@ -40,11 +40,9 @@ def load_policy(spec: str | Path, env: ManipulationEnv, **kwargs: Any) -> Policy
         from robot_policy.policies.composite import is_composite, load_composite
         from robot_policy.policies.diffusion import DiffusionPolicy
 
-        if is_composite(ckpt.load_config(ckpt.resolve_checkpoint(spec))):
-            kwargs.setdefault("embodiment", env.embodiment.name)
-            return load_composite(spec, **kwargs)
-
         kwargs.setdefault("embodiment", env.embodiment.name)
+        if is_composite(ckpt.load_config(ckpt.resolve_checkpoint(spec))):
+            return load_composite(spec, **kwargs)  # its base's instruction is the one it was fine-tuned with
         kwargs.setdefault("language", env.task.language)
         return DiffusionPolicy.from_checkpoint(spec, **kwargs)
     name = str(spec)

@@ -79,6 +79,32 @@ def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` whose key starts with ``prefix``, with it removed (one module's state)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def modules_to_flat(modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Named modules' weights and optimisers' moments as ``<name>.<key>`` tensors, with the optimisers'
+    plain parts (hyper-parameters, scalars) under their names: what a resumable train state holds."""
+    tensors = {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+    plain: dict[str, Any] = {}
+    for name, opt in optimizers.items():
+        t, plain[name] = optimizer_to_flat(opt.state_dict())
+        tensors.update({f"{name}.{k}": v for k, v in t.items()})
+    return tensors, plain
+
+
+def load_modules_from_flat(modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                           tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    """Inverse of :func:`modules_to_flat`: load each named module and optimiser in place."""
+    for name, module in modules.items():
+        module.load_state_dict(strip_prefix(tensors, f"{name}."))
+    for name, opt in optimizers.items():
+        opt.load_state_dict(optimizer_from_flat(strip_prefix(tensors, f"{name}."), plain[name]))
+
+
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():

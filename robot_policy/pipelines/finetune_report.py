@@ -98,8 +98,7 @@ def evaluate_run_checkpoints(run_dir: str | Path, seeds: Iterable[int], num_envs
                 if m["base"]["content_hash"] != base.content_hash:
                     raise ValueError(f"{d}: fine-tuned on another base than {dirs[-1]}")
                 stepper = make_algorithm(name, ALGORITHMS[name][0](**m["rl"]), base, num_envs, 0, horizon)
-                stepper.actor.load_state_dict({k[len("actor."):]: v for k, v in ckpt.load_model_state(d).items()
-                                               if k.startswith("actor.")})
+                stepper.actor.load_state_dict(ckpt.strip_prefix(ckpt.load_model_state(d), "actor."))
                 env_steps, wall = int(m["env_steps"]), float(m["wall_seconds"])
             with torch.no_grad():
                 results = evaluate_composite(stepper, envs, base, seeds, horizon)

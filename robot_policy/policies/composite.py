@@ -158,7 +158,7 @@ def load_composite(path: str | Path, *, base: str | Path | None = None, device: 
                                    float(comp["obs_clip"]))
     if features.dim != int(comp["obs_dim"]):
         raise ValueError(f"{path}: the actor reads {comp['obs_dim']} features; the base gives {features.dim}")
-    weights = {k[len("actor."):]: v for k, v in ckpt.load_model_state(path).items() if k.startswith("actor.")}
+    weights = ckpt.strip_prefix(ckpt.load_model_state(path), "actor.")
     horizon = int(recorded["execute_horizon"])
     if execute_horizon is not None and execute_horizon != horizon:
         raise ValueError(f"{path}: fine-tuned executing {horizon} actions per base chunk; execute_horizon="
