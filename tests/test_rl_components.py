@@ -303,6 +303,23 @@ def test_gae_matches_a_hand_computed_rollout_with_a_done_in_the_middle() -> None
     torch.testing.assert_close(ret, expected + values, atol=1e-12, rtol=0)
 
 
+
+@pytest.mark.parametrize(("schedule", "at_half"), [("constant", 1.0), ("linear", 0.5), ("cosine", 0.5)])
+def test_residual_ppo_learning_rates_follow_the_schedule_over_the_budget(base: FrozenBase, schedule: str,
+                                                                       at_half: float) -> None:
+    cfg = ResidualPPOConfig(lr_schedule=schedule, actor_lr=3e-4, critic_lr=5e-3)
+    algo = ResidualPPO(cfg, base, num_envs=1, seed=0)
+    for fraction, expected in ((0.0, 1.0), (0.5, at_half), (1.0, 1.0 if schedule == "constant" else 0.0),
+                               (1.7, 1.0 if schedule == "constant" else 0.0)):  # past the budget: clamped
+        algo.set_progress(fraction)
+        assert algo.actor_opt.param_groups[0]["lr"] == pytest.approx(3e-4 * expected, abs=1e-12)
+        assert algo.critic_opt.param_groups[0]["lr"] == pytest.approx(5e-3 * expected, abs=1e-12)
+    algo.set_progress(0.25)
+    assert algo.lr_multiplier == pytest.approx({"constant": 1.0, "linear": 0.75,
+                                                "cosine": 0.5 * (1 + math.cos(math.pi / 4))}[schedule])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ResidualPPOConfig(lr_schedule="step")
+
 # --- 4. a batched base call equals per-env calls ------------------------------------------------------------
 
 

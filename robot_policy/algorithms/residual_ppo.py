@@ -16,6 +16,7 @@ batch scaled from ResiP's GPU thousands of envs to this machine's few (``rollout
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,9 @@ class ResidualPPOConfig:
     norm_adv: bool = True
     #: clip of the normalised observation features (ResiP: 3)
     obs_clip: float = 3.0
+    #: learning-rate schedule over the run's budget: constant, linear or cosine decay to 0 (ResiP: cosine).
+    #: The budget's fraction used is the larger of env steps / total_env_steps and wall time / max_wall_minutes.
+    lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         if self.rollout_steps < 1 or self.update_epochs < 1 or self.num_minibatches < 1:
@@ -66,6 +70,16 @@ class ResidualPPOConfig:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1]; got {self.gamma}, {self.gae_lambda}")
         if self.residual_scale <= 0:
             raise ValueError(f"residual_scale must be > 0, got {self.residual_scale}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
+
+
+#: learning-rate multiplier as a function of the fraction of the budget used, in [0, 1]
+LR_SCHEDULES = {
+    "constant": lambda frac: 1.0,
+    "linear": lambda frac: 1.0 - frac,
+    "cosine": lambda frac: 0.5 * (1.0 + math.cos(math.pi * frac)),
+}
 
 
 def compute_gae(rewards: Tensor, values: Tensor, dones: Tensor, last_value: Tensor, gamma: float,
@@ -112,6 +126,14 @@ class ResidualPPO:
         self.reward_scaler = RewardScaler(num_envs, cfg.gamma)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.updates = 0
+        self.lr_multiplier = 1.0
+
+    def set_progress(self, fraction: float) -> None:
+        """Set the learning rates for ``fraction`` (in [0, 1]) of the run's budget used (``lr_schedule``)."""
+        self.lr_multiplier = max(0.0, LR_SCHEDULES[self.cfg.lr_schedule](min(max(fraction, 0.0), 1.0)))
+        for opt, lr in ((self.actor_opt, self.cfg.actor_lr), (self.critic_opt, self.cfg.critic_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * self.lr_multiplier
 
     # ---- acting ---------------------------------------------------------------------------------
     def _inputs(self, rollout: VectorRollout) -> tuple[Tensor, Tensor, Tensor]:
@@ -213,6 +235,7 @@ class ResidualPPO:
         values, returns = flat["value"], flat["returns"]
         explained = 1 - float((returns - values).var() / (returns.var() + 1e-8))
         return {**{k: float(np.mean(v)) for k, v in stats.items() if v}, "epochs": float(epochs_run),
+                "lr_multiplier": self.lr_multiplier,
                 "explained_variance": explained, "reward_std": float(np.sqrt(self.reward_scaler.rms.var))}
 
     def train_iteration(self, rollout: VectorRollout) -> tuple[dict[str, float], list[tuple[int, bool, int]]]:

@@ -16,6 +16,8 @@ VERBS: dict[str, str] = {
     "train": "robot_policy.cli.train",
     "eval": "robot_policy.cli.eval",
     "finetune": "robot_policy.cli.finetune",
+    "distill": "robot_policy.cli.distill",
+    "export": "robot_policy.cli.export",
     "bench": "robot_policy.cli.bench",
     "demo": "robot_policy.cli.demo",
 }

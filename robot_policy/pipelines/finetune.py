@@ -294,6 +294,8 @@ def finetune(cfg: FinetuneConfig, task: TaskConfig, algo_cfg: Any, command: str 
         while env_steps < cfg.total_env_steps and wall() < 60 * cfg.max_wall_minutes and not stop.signum:
             before = rollout.throughput()
             t0 = time.perf_counter()
+            if hasattr(algo, "set_progress"):  # learning-rate schedules follow whichever budget runs out first
+                algo.set_progress(max(env_steps / cfg.total_env_steps, wall() / (60 * cfg.max_wall_minutes)))
             metrics, episodes = algo.train_iteration(rollout)
             seconds = time.perf_counter() - t0
             after = rollout.throughput()
