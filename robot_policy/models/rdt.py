@@ -232,6 +232,22 @@ class Conditions:
     obs_mask: Tensor  # (B, N) bool
 
 
+def conditions_from(inputs: ModelInputs, obs_tokens: Tensor, obs_mask: Tensor, lang_dim: int) -> Conditions:
+    """Assemble the conditions of one chunk from the inputs and their encoded observation tokens (B, N, token_dim)
+    with mask (B, N): no instruction -> one masked language token (its cross-attention contributes nothing).
+    Shared by :meth:`RDTPolicyModel.encode` and the deployment backends that run the encoder elsewhere."""
+    B, dev = inputs.state.shape[0], inputs.state.device
+    if inputs.lang_tokens is None:
+        lang = torch.zeros(B, 1, lang_dim, device=dev)
+        lang_mask = torch.zeros(B, 1, dtype=torch.bool, device=dev)
+    else:
+        lang = inputs.lang_tokens
+        lang_mask = inputs.lang_mask if inputs.lang_mask is not None else torch.ones(
+            lang.shape[:2], dtype=torch.bool, device=dev)
+    return Conditions(inputs.state, inputs.state_mask, inputs.action_mask, inputs.ctrl_freq,
+                      lang, lang_mask.bool(), obs_tokens, obs_mask)
+
+
 def _draw_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
     # Random draws happen where the generator lives (a CPU generator cannot fill a CUDA tensor).
     return generator.device if generator is not None else fallback
@@ -261,18 +277,9 @@ class RDTPolicyModel(nn.Module):
 
     def encode(self, inputs: ModelInputs) -> Conditions:
         """Run the observation encoder and fill defaults (no language -> one masked token)."""
-        B, dev = inputs.state.shape[0], inputs.state.device
         obs, obs_mask = self.obs_encoder(inputs.images, inputs.camera_present, inputs.object_state,
-                                         batch_size=B, device=dev)
-        if inputs.lang_tokens is None:
-            lang = torch.zeros(B, 1, self.cfg.lang_dim, device=dev)
-            lang_mask = torch.zeros(B, 1, dtype=torch.bool, device=dev)
-        else:
-            lang = inputs.lang_tokens
-            lang_mask = inputs.lang_mask if inputs.lang_mask is not None else torch.ones(
-                lang.shape[:2], dtype=torch.bool, device=dev)
-        return Conditions(inputs.state, inputs.state_mask, inputs.action_mask, inputs.ctrl_freq,
-                          lang, lang_mask.bool(), obs, obs_mask)
+                                         batch_size=inputs.state.shape[0], device=inputs.state.device)
+        return conditions_from(inputs, obs, obs_mask, self.cfg.lang_dim)
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Conditions) -> Tensor:
         """One network evaluation: x_t (B, Ta, Da), t (B,) -> model output (B, Ta, Da)."""
