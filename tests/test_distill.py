@@ -39,9 +39,9 @@ from robot_policy.algorithms.distill import (
     same_noise_mse,
     student_sampler,
 )
-from robot_policy.algorithms.distill_states import StoreWindows
+from robot_policy.algorithms.distill_states import TARGET, StoreWindows, WindowBank
 from robot_policy.cli.main import main as cli_main
-from robot_policy.envs.registry import load_task_config
+from robot_policy.envs.registry import load_task_config, make_env
 from robot_policy.models import checkpoint as ckpt
 from robot_policy.models.diffusion import Sampler
 from robot_policy.models.frozen_base import FrozenBase, checkpoint_content_hash
@@ -246,6 +246,15 @@ def test_student_checkpoint_records_ddim_k_and_loads_sampling_so(base_ckpt: Path
     assert (run / "metrics.jsonl").exists() and (run / "distill_config.json").exists()
 
 
+def test_ctm_run_trains_against_the_ema_target(base_ckpt: Path, tmp_path: Path) -> None:
+    """loss=ctm through the pipeline: both terms are logged, and the validation metric stays the same-noise MSE."""
+    task = load_task_config(TASK)
+    run = distill(quick_run(base_ckpt, tmp_path / "run", log_every=3), DistillConfig(steps=2, loss="ctm"), task)
+    rows = metrics(run)
+    assert {"loss/ctm", "loss/dsm"} <= set(rows[-2]) and "val/mse" in rows[-1]
+    assert ckpt.load_config(ckpt.latest_checkpoint(run))["distill"]["config"]["loss"] == "ctm"  # type: ignore[arg-type]
+
+
 # --- end to end -----------------------------------------------------------------------------------------
 
 
@@ -351,6 +360,20 @@ def test_residual_teacher_is_distilled_into_one_student(base_ckpt: Path, tmp_pat
     assert not is_composite(meta) and meta["distill"]["config"]["loss"] == "regress_actions"
     assert meta["distill"]["teacher"]["kind"] == "residual"
     assert "demo_windows" not in meta["distill"]["states"]  # the composite's rollouts only
+    # the targets: from each window on, the normalised actions the composite executed (edge-padded at the end)
+    bank, bank_meta = WindowBank.load(run / "rollout_states.safetensors")
+    assert [r[2] for r in bank_meta["results"]] == [40, 40] and len(bank) == 80
+    target = bank.tensors[TARGET][:40]  # the first episode, (40, Ta, 128)
+    assert torch.equal(target[1:, 0], target[:-1, 1]) and torch.equal(target[-1, -1], target[-1, 0])
+    composite = load_composite(teacher)
+    env = make_env(TASK, max_steps=40)
+    try:
+        obs, _ = env.reset(seed=30_000_000)
+        composite.reset(30_000_000)
+        first = composite.base.to_normalized(composite.predict_chunk(obs).unified[0])
+    finally:
+        env.close()
+    torch.testing.assert_close(target[0, 0], first)
     assert cli_main(distill_args(teacher, tmp_path / "refused", "eval_episodes=0")) == 1  # no success: refused
     assert not ckpt.latest_checkpoint(tmp_path / "refused")
     shutil.rmtree(tmp_path / "refused", ignore_errors=True)
