@@ -255,6 +255,32 @@ def test_ctm_run_trains_against_the_ema_target(base_ckpt: Path, tmp_path: Path) 
     assert ckpt.load_config(ckpt.latest_checkpoint(run))["distill"]["config"]["loss"] == "ctm"  # type: ignore[arg-type]
 
 
+def test_distill_help_lists_every_option_and_bad_values_fail_before_anything_runs(
+        capsys: pytest.CaptureFixture[str], base_ckpt: Path, tmp_path: Path) -> None:
+    """``--help`` lists each option of DistillConfig and DistillRunConfig with its doc; the YAML only
+    chooses the task; a bad value is a one-line error naming the key, and nothing is written."""
+    import yaml
+
+    from robot_policy.cli.distill import distill_schema
+    from robot_policy.configuration import options
+    from robot_policy.paths import CONFIG_DIR
+
+    assert set(yaml.safe_load((CONFIG_DIR / "distill.yaml").read_text())) == {"defaults"}
+    assert cli_main(["distill", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for opt in options(distill_schema()):
+        assert opt.doc, f"{opt.name} has no #: doc"
+        if opt.name != "task":
+            assert any(line.startswith(f"  {opt.name} ") and opt.doc in line for line in lines), opt.name
+    out = tmp_path / "run"
+    for bad, says in ((["steps=0"], "steps"), (["loss=l2"], "loss"), (["teacher_sampler=ddpm"], "teacher_sampler"),
+                      (["stepz=1"], "did you mean")):
+        assert cli_main(["distill", f"teacher={base_ckpt}", f"out={out}", *bad]) == 2
+        assert says in capsys.readouterr().err
+    assert cli_main(["distill", f"teacher={tmp_path / 'nothing'}", f"out={out}"]) == 2
+    assert not out.exists()
+
+
 # --- end to end -----------------------------------------------------------------------------------------
 
 
@@ -285,6 +311,8 @@ def test_distill_cli_end_to_end_writes_a_loadable_student_and_resumes(base_ckpt:
     summary = json.loads((run / "distill_summary.json").read_text())
     assert summary["student"]["episodes"] == summary["teacher"]["episodes"] == 2
     assert summary["seeds"] == [200_000, 200_001]
+    teacher_eval = json.loads((run / "eval_teacher" / "eval.json").read_text())
+    assert (teacher_eval["sampler"], teacher_eval["sampler_steps"]) == ("dpmsolver++", 5)  # the targets' sampler
     meta = ckpt.load_config(ckpt.latest_checkpoint(run))  # type: ignore[arg-type]
     states = meta["distill"]["states"]
     assert states["rollout_episodes"] == 2 and states["rollout_windows"] == 80  # 2 time-outs of 40 steps

@@ -76,6 +76,9 @@ def main(argv: list[str]) -> int:
         run_dir = distill(cfg, algo, task, command=command_line("distill", argv))
     except TrainingInterrupted as e:  # SIGINT/SIGTERM: the last finished step is saved
         return fail(str(e), code=e.exit_code)
+    except KeyboardInterrupt as e:  # before the loop (teacher rollouts), or a second Ctrl-C
+        return fail(f"interrupted ({e or 'before training started'}); checkpoints are as the last save left them",
+                    code=130)
     except (FileExistsError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         return fail(str(e), code=1)
     summary = run_dir / "distill_summary.json"

@@ -59,6 +59,7 @@ from robot_policy.algorithms.distill_states import (
     collect_rollout_windows,
 )
 from robot_policy.algorithms.vector_rollout import VectorRollout
+from robot_policy.data.store import EpisodeStore
 from robot_policy.envs.base import TaskConfig
 from robot_policy.envs.vector import make_vector_env
 from robot_policy.eval.harness import EvalConfig, evaluate
@@ -290,12 +291,7 @@ def _gather_states(cfg: DistillRunConfig, task: TaskConfig, teacher: Teacher, ru
     weights: list[float] = []
     info: dict[str, Any] = {}
     if cfg.demo_weight > 0 and teacher.kind != "residual":
-        paths = [cfg.dataset] if cfg.dataset else [str(p) for p in base.meta.get("datasets") or []]
-        missing = [p for p in paths if not Path(p).exists()]
-        if not paths or missing:
-            raise FileNotFoundError(f"demonstration store(s) {missing or paths} of teacher {base.path} not found: pass "
-                                    "dataset=STORE (the store it was trained on), or demo_weight=0 to distil on "
-                                    "rollouts only")
+        paths = _demo_stores(cfg, teacher)
         demos = StoreWindows(paths, base.obs_horizon, base.horizon, base.object_state_dim, base.cameras,
                              tuple(base.model.cfg.obs_encoder.image_size))  # type: ignore[arg-type]
         sources.append(demos)
@@ -312,6 +308,27 @@ def _gather_states(cfg: DistillRunConfig, task: TaskConfig, teacher: Teacher, ru
         raise ValueError("no windows to distil on: a residual teacher needs rollout_episodes > 0; otherwise give "
                          "demo_weight > 0 or rollout_episodes > 0 with rollout_weight > 0")
     return sources, weights, info
+
+
+def _demo_stores(cfg: DistillRunConfig, teacher: Teacher) -> list[str]:
+    """``dataset``, or the stores the teacher records that hold its embodiment (a multi-embodiment teacher's
+    other stores are another robot's windows)."""
+    base = teacher.base
+    paths = [cfg.dataset] if cfg.dataset else [str(p) for p in base.meta.get("datasets") or []]
+    missing = [p for p in paths if not Path(p).exists()]
+    if not paths or missing:
+        raise FileNotFoundError(f"demonstration store(s) {missing or paths} of teacher {base.path} not found: pass "
+                                "dataset=STORE (the store it was trained on), or demo_weight=0 to distil on "
+                                "rollouts only")
+    embodiments = {}
+    for p in paths:
+        with EpisodeStore.open(p) as store:
+            embodiments[p] = store.embodiment.name
+    kept = [p for p in paths if embodiments[p] == base.embodiment.name]
+    if not kept:
+        raise ValueError(f"the teacher drives {base.embodiment.name}; the demonstration store(s) record "
+                         f"{embodiments}: pass dataset=STORE of that embodiment, or demo_weight=0")
+    return kept
 
 
 def _rollout_bank(cfg: DistillRunConfig, task: TaskConfig, teacher: Teacher, run_dir: Path, execute_horizon: int
@@ -497,9 +514,13 @@ def _final_eval(run: _Run, policy: Path) -> dict[str, Any]:
         sources["teacher"] = str(run.teacher.path)
     summary: dict[str, Any] = {"seeds": [cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes - 1],
                                "student_steps": run.algo.steps, "loss": run.algo.loss}
+    # a diffusion teacher is evaluated with the sampler that made the targets (a composite with its own)
+    sampler = run.teacher.base.sampler
     for who, source in sources.items():
         ecfg = EvalConfig(episodes=cfg.eval_episodes, seed=cfg.eval_seed, out=str(run.run_dir / f"eval_{who}"),
                           workers=cfg.eval_workers, videos=0)
+        if who == "teacher" and run.teacher.kind == "policy":
+            ecfg = dataclasses.replace(ecfg, sampler=sampler.kind, sampler_steps=sampler.num_steps)
         report = evaluate(run.task, source, ecfg, policy_name=source, progress=cfg.progress)
         summary[who] = {k: report[k] for k in ("policy", "episodes", "successes", "success_rate", "ci95_low",
                                                "ci95_high", "mean_episode_length", "mean_inference_ms", "errored")}
