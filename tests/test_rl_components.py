@@ -571,6 +571,10 @@ def test_dsrl_chunk_transitions_carry_the_mean_of_reward_minus_one(kind: str, ba
     if kind == "dsrl_na":
         assert algo.replay.data["action"].shape[1] == algo.noise.dim
         assert (algo.replay.data["action"][:4] != 0).any()
+        # every stored (s, w, action) is a triple of the base's map, so Q^W can regress on it without a decode
+        rows = {k: torch.as_tensor(v[:4]) for k, v in algo.replay.data.items()}
+        decoded = algo._decode(rows["state_hist"], rows.get("object_hist"), rows["w"])
+        torch.testing.assert_close(decoded, rows["action"], atol=1e-5, rtol=0)
     metrics, _ = algo.train_iteration(rollout)
     assert algo.updates > 0 and metrics["replay_size"] == len(algo.replay) > 4
     tensors, plain = algo.train_state()
