@@ -185,11 +185,6 @@ def write_student_composite(teacher: Teacher, student_ckpt: Path, out: Path, ste
     return ckpt.save_checkpoint(out, step, config, weights, fsync=fsync)
 
 
-def teacher_eval_source(teacher: Teacher) -> str:
-    """What ``robot-policy eval`` runs as the teacher: the checkpoint itself (a composite runs with its base)."""
-    return str(teacher.path)
-
-
 def replace_loss(cfg: Any, teacher: Teacher) -> Any:
     """``loss: null`` resolved for the teacher: regress_actions for a residual composite, else same_noise;
     regress_actions needs the residual teacher's target chunks."""
