@@ -3,13 +3,16 @@
 Runs the policy on seeds S..S+N-1 in parallel worker processes, executing each chunk for
 `execute_horizon` steps, and writes DIR/eval.json (success rate with a 95% Wilson interval, mean episode
 length, per-episode results) and mp4 videos of the first `videos` episodes. Policies: `scripted`,
-`random`, or a checkpoint directory written by `robot-policy train`. A checkpoint samples with its own
-sampler unless `sampler=ddpm|ddim|dpmsolver++` and `sampler_steps=K` say otherwise (eval.json records both).
+`random`, a checkpoint directory written by `robot-policy train`, or a deploy bundle written by
+`robot-policy export`, run on `backend=onnxruntime|torch|torch.compile|tensorrt` (default onnxruntime). A
+checkpoint or bundle samples with its own sampler unless `sampler=ddpm|ddim|dpmsolver++` and
+`sampler_steps=K` say otherwise (eval.json records both).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +29,9 @@ from robot_policy.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from robot_policy.envs.base import TaskConfig
-    from robot_policy.eval.harness import EvalConfig
+    from robot_policy.envs.base import ManipulationEnv, TaskConfig
+    from robot_policy.eval.harness import EvalConfig, PolicySource
+    from robot_policy.policies.base import Policy
 
 SUMMARY = "evaluate a policy on held-out seeds: eval.json with a 95% interval, videos"
 
@@ -45,7 +49,8 @@ def main(argv: list[str]) -> int:
     except (ConfigError, ValueError, KeyError, RuntimeError) as e:  # CheckpointError is a RuntimeError
         return fail(str(e))
     try:
-        report = evaluate(task, str(policy), cfg, policy_name=str(policy), command=command_line("eval", argv))
+        report = evaluate(task, policy_source(policy, cfg), cfg, policy_name=str(policy),
+                          command=command_line("eval", argv))
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:  # EvalSetupError is a RuntimeError
         return fail(error_message(e), code=1)
     print(f"{report['task']} / {report['policy']}: success {report['successes']}/{report['episodes']} = "
@@ -83,7 +88,12 @@ def parse_eval_config(argv: list[str]) -> tuple[TaskConfig, str, EvalConfig]:
     assert isinstance(raw, dict)
     policy = policy or str(raw["policy"])
     raw.pop("policy")
-    if Path(policy).exists():  # a checkpoint or run directory: pin the step directory it means now
+    backend = raw.pop("backend")
+    bundle = is_bundle(policy)
+    if backend is not None and not bundle:
+        raise ConfigError(f"backend={backend}: chooses how a deploy bundle (robot-policy export) runs; {policy!r} "
+                          "is not a bundle directory (no manifest.json)")
+    if Path(policy).exists() and not bundle:  # a checkpoint or run directory: pin the step directory it means now
         from robot_policy.models.checkpoint import resolve_checkpoint
 
         policy = str(resolve_checkpoint(policy))
@@ -91,7 +101,64 @@ def parse_eval_config(argv: list[str]) -> tuple[TaskConfig, str, EvalConfig]:
     if not raw.get("out"):
         raw["out"] = str(Path("runs/eval") / f"{task.name}-{Path(policy).name}")
     cfg = to_dataclass(EvalConfig, raw, "eval")
+    if bundle:
+        return task, policy, _resolve_bundle(cfg, policy, backend)
     return task, policy, _resolve_sampler(cfg, policy)
+
+
+def is_bundle(policy: str) -> bool:
+    from robot_policy.runtime.bundle.manifest import is_bundle as has_manifest
+
+    return has_manifest(policy)
+
+
+def _resolve_bundle(cfg: EvalConfig, policy: str, backend: str | None) -> EvalConfig:
+    """A bundle is verified against its manifest here, once; its backend goes to the loader as
+    ``policy_kwargs.backend`` and its sampler options, left null, become the bundle's own."""
+    from robot_policy.runtime.backends import backend_names
+    from robot_policy.runtime.bundle import open_bundle
+
+    if backend is not None and "backend" in cfg.policy_kwargs:
+        raise ConfigError(f"backend={backend} and policy_kwargs.backend={cfg.policy_kwargs['backend']} are both "
+                          "given: use backend")
+    backend = backend or cfg.policy_kwargs.get("backend") or "onnxruntime"
+    if backend not in backend_names():
+        raise ConfigError(f"backend={backend}: unknown; backends: {', '.join(backend_names())}")
+    saved = open_bundle(policy).spec["sampler"]  # a damaged bundle fails here, before any worker starts
+    kind = cfg.sampler or str(saved["kind"])
+    steps = cfg.sampler_steps or int(saved["num_steps"])
+    return dataclasses.replace(cfg, sampler=kind, sampler_steps=steps,
+                               policy_kwargs={**cfg.policy_kwargs, "backend": backend})
+
+
+def policy_source(policy: str, cfg: EvalConfig) -> PolicySource:
+    """What the harness builds the policy from: the name or checkpoint path, or a bundle's factory."""
+    if is_bundle(policy):
+        return BundleFactory(policy, cfg.policy_loader_kwargs(), threads=cfg.torch_threads)
+    return policy
+
+
+@dataclass(frozen=True)
+class BundleFactory:
+    """A deploy bundle's policy, built for an eval worker's env (eval does not import the runtime layer: the
+    CLI hands the harness this factory). Picklable, so spawned workers build their own."""
+
+    path: str
+    #: load_bundle's keyword arguments: backend, sampler, num_steps, and any +policy_kwargs
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    threads: int = 1
+
+    def __call__(self, env: ManipulationEnv) -> Policy:
+        from robot_policy.runtime.bundle import load_bundle
+
+        policy = load_bundle(self.path, **{"threads": self.threads, **self.kwargs})
+        if policy.embodiment.name != env.embodiment.name:
+            raise ValueError(f"bundle {self.path} drives {policy.embodiment.name}; task {env.task.name} is "
+                             f"{env.embodiment.name}")
+        if policy.language != env.task.language:
+            raise ValueError(f"bundle {self.path} was exported for the instruction {policy.language!r}; task "
+                             f"{env.task.name} gives {env.task.language!r} (export with language=...)")
+        return policy
 
 
 def _resolve_sampler(cfg: EvalConfig, policy: str) -> EvalConfig:

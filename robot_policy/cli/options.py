@@ -38,8 +38,11 @@ class TrainTaskChoice:
 class EvalCLIOptions:
     """What ``robot-policy eval`` adds to EvalConfig."""
 
-    #: a built-in policy (scripted, random), or a checkpoint directory or run directory (its latest checkpoint)
+    #: a built-in policy (scripted, random), a checkpoint directory or run directory (its latest checkpoint),
+    #: or a deploy bundle directory (robot-policy export)
     policy: str = "scripted"
+    #: a deploy bundle's backend: onnxruntime, torch, torch.compile or tensorrt; None = onnxruntime
+    backend: str | None = None
     #: output directory; '' = runs/eval/<task>-<policy name>
     out: str = ""
 
