@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +410,42 @@ def test_residual_teacher_is_distilled_into_one_student(base_ckpt: Path, tmp_pat
     assert cli_main(distill_args(teacher, tmp_path / "refused", "eval_episodes=0")) == 1  # no success: refused
     assert not ckpt.latest_checkpoint(tmp_path / "refused")
     shutil.rmtree(tmp_path / "refused", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_sigint_saves_the_finished_step_and_resume_continues(base_ckpt: Path, tmp_path: Path) -> None:
+    """SIGINT during a long run: the step in progress finishes, a checkpoint of it is written (every step
+    before it logged), the process exits 130; resume=true with two more steps continues from there."""
+    out = tmp_path / "stopped"
+    args = ["distill", f"teacher={base_ckpt}", f"out={out}", "rollout_episodes=0", "train_steps=100000",
+            "batch_size=4", "log_every=1", "val_batches=0", "ckpt_every=100000", "eval_episodes=0", "progress=false",
+            "fsync=false", "device=cpu", "torch_threads=1"]
+    log = tmp_path / "stopped.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("robot-policy")), *args], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    try:
+        while not ((out / "metrics.jsonl").exists() and '"loss"' in (out / "metrics.jsonl").read_text()):
+            if proc.poll() is not None:
+                pytest.fail(f"distill exited ({proc.returncode}) before a step:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no step logged after 120 s:\n{log.read_text()}")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 130, text
+    latest = ckpt.latest_checkpoint(out)
+    assert latest is not None, text
+    stopped_at = int(ckpt.load_config(latest)["step"])
+    assert [r["step"] for r in metrics(out)] == list(range(1, stopped_at + 1))  # nothing ran after the save
+    assert f"after step {stopped_at}" in text
+    resumed = args[:4] + [f"train_steps={stopped_at + 2}"] + args[5:] + ["resume=true"]
+    assert cli_main(resumed) == 0
+    assert [r["step"] for r in metrics(out)] == list(range(1, stopped_at + 3))
