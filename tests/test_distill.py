@@ -47,6 +47,7 @@ from robot_policy.algorithms.distill import (
 from robot_policy.algorithms.distill_states import TARGET, StoreWindows, WindowBank
 from robot_policy.cli.main import main as cli_main
 from robot_policy.envs.registry import load_task_config, make_env
+from robot_policy.keys import OBS_OBJECT, OBS_STATE
 from robot_policy.models import checkpoint as ckpt
 from robot_policy.models.diffusion import Sampler
 from robot_policy.models.frozen_base import FrozenBase, checkpoint_content_hash
@@ -376,6 +377,20 @@ def test_dsrl_teacher_keeps_its_noise_actor_on_the_student(base_ckpt: Path, tmp_
                                                  original.actor.state_dict().values()))
     summary = json.loads((run / "distill_summary.json").read_text())
     assert summary["student"]["policy"] == str(comp_ckpt)
+    # its chunk is the student's chunk decoded from the actor's w
+    env = make_env(TASK, max_steps=40)
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    composite.reset(0)
+    got = composite.predict_chunk(obs).unified
+    obj = torch.as_tensor(obs[OBS_OBJECT], dtype=torch.float32)[None]
+    w = composite.actor.deterministic(composite.features(torch.as_tensor(obs[OBS_STATE], dtype=torch.float32)[None],
+                                                         obj))
+    student = DiffusionPolicy.from_checkpoint(student_ckpt)
+    want = student.predict_chunk(obs, noise=composite.noise.full_noise(w.detach())[0]).unified
+    assert np.array_equal(got, want)
 
 
 @pytest.mark.slow
