@@ -191,3 +191,33 @@ def test_denoiser_graph_is_the_rdt() -> None:
                                     "lang_tokens", "lang_mask", "obs_tokens", "obs_mask")]
     with torch.no_grad():
         assert torch.equal(DenoiserGraph(model.rdt)(**inputs), model.rdt(*rdt_args))
+
+
+def test_tensorrt_engines_are_keyed_by_gpu_version_and_graph(tmp_path: Path) -> None:
+    from robot_policy.runtime.backends.tensorrt_backend import engine_path
+
+    onnx = tmp_path / "denoiser.onnx"
+    onnx.write_bytes(b"graph one")
+    key = engine_path(tmp_path, onnx, "NVIDIA H200", "10.13.0", 64)
+    assert key == engine_path(tmp_path, onnx, "NVIDIA H200", "10.13.0", 64)
+    assert key.name.startswith("denoiser-NVIDIA-H200-trt10.13.0-") and key.suffix == ".engine"
+    others = {engine_path(tmp_path, onnx, "Orin", "10.13.0", 64), engine_path(tmp_path, onnx, "NVIDIA H200", "10.3.0", 64),
+              engine_path(tmp_path, onnx, "NVIDIA H200", "10.13.0", 8)}
+    onnx.write_bytes(b"graph two")
+    others.add(engine_path(tmp_path, onnx, "NVIDIA H200", "10.13.0", 64))
+    assert key not in others and len(others) == 4
+
+
+def test_tensorrt_is_imported_only_when_built_and_says_where_it_comes_from() -> None:
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here: the gpu test builds an engine instead")
+    assert "tensorrt" not in sys.modules  # importing the backends did not import it
+    model = random_model(CONFIGS["state"])
+    graphs = ExportedGraphs(Path("unused.onnx"))
+    with pytest.raises(ValueError, match="runs on a CUDA device"):
+        make_backend("tensorrt", BackendSource(model.cfg, graphs=graphs), BackendOptions(device="cpu"))
+    with pytest.raises(ImportError, match="TensorRT's Python package"):
+        make_backend("tensorrt", BackendSource(model.cfg, graphs=graphs), BackendOptions(device="cuda"))

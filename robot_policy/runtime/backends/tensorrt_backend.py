@@ -71,8 +71,14 @@ def _major(version: str) -> int:
     return int(version.split(".")[0])
 
 
-def build_engine(trt: Any, onnx: Path, max_batch: int) -> tuple[bytes, str]:
-    """Serialised engine of one ONNX graph (batch axis 1..max_batch, optimised for 1) and its precision."""
+def engine_precision(trt: Any) -> str:
+    """fp16 where this TensorRT has the FP16 builder flag (up to 10.x), else fp32 (see the module docstring)."""
+    return "fp16" if hasattr(trt.BuilderFlag, "FP16") else "fp32"
+
+
+def build_engine(trt: Any, onnx: Path, max_batch: int) -> bytes:
+    """Serialised engine of one ONNX graph (batch axis 1..max_batch, optimised for 1), in
+    :func:`engine_precision`."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -84,10 +90,8 @@ def build_engine(trt: Any, onnx: Path, max_batch: int) -> tuple[bytes, str]:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"backend tensorrt: cannot parse {onnx}: {errors}")
     config = builder.create_builder_config()
-    precision = "fp32"
-    if hasattr(trt.BuilderFlag, "FP16"):
+    if engine_precision(trt) == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
-        precision = "fp16"
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -98,7 +102,7 @@ def build_engine(trt: Any, onnx: Path, max_batch: int) -> tuple[bytes, str]:
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"backend tensorrt: building an engine from {onnx} failed (see TensorRT's log above)")
-    return bytes(plan), precision
+    return bytes(plan)
 
 
 class TensorRTEngine:
@@ -106,15 +110,15 @@ class TensorRTEngine:
 
     def __init__(self, trt: Any, onnx: Path, cache_dir: Path, max_batch: int) -> None:
         self.path = engine_path(cache_dir, onnx, torch.cuda.get_device_name(), trt.__version__, max_batch)
-        self.precision = "fp16" if hasattr(trt.BuilderFlag, "FP16") else "fp32"
+        self.precision = engine_precision(trt)  # the cache key holds the TensorRT version, so also a cached one's
         if not self.path.exists():
-            plan, self.precision = build_engine(trt, onnx, max_batch)
+            plan = build_engine(trt, onnx, max_batch)
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
             tmp.write_bytes(plan)
             os.replace(tmp, self.path)  # another process building the same engine never sees half a file
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: it must outlive its engines
+        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise RuntimeError(f"backend tensorrt: cannot load the cached engine {self.path}; delete it to rebuild")
         self.context = self.engine.create_execution_context()
@@ -143,11 +147,12 @@ class TensorRTEngine:
         return outs
 
 
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bool": torch.bool, "int32": torch.int32,
+                 "int64": torch.int64, "int8": torch.int8, "uint8": torch.uint8}
+
+
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bool: torch.bool,
-             trt.int32: torch.int32, trt.int8: torch.int8, trt.uint8: torch.uint8}
-    if hasattr(trt, "int64"):
-        table[trt.int64] = torch.int64
+    table = {getattr(trt, name): t for name, t in _TORCH_DTYPES.items() if hasattr(trt, name)}
     if dtype not in table:
         raise TypeError(f"backend tensorrt: no torch dtype for TensorRT's {dtype}")
     return table[dtype]
@@ -158,12 +163,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, cfg: RDTConfig, graphs: ExportedGraphs, options: BackendOptions) -> None:
-        if options.device == "cpu":
-            raise ValueError("backend tensorrt runs on a CUDA device; device=cpu asks for another backend")
-        trt = import_tensorrt()
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend tensorrt: no CUDA device here (torch.cuda.is_available() is False)")
+    def __init__(self, trt: Any, cfg: RDTConfig, graphs: ExportedGraphs, options: BackendOptions) -> None:
         self.cfg = cfg
         self.device = torch.device("cuda")
         cache = Path(options.engine_cache) if options.engine_cache else default_engine_cache()
@@ -189,5 +189,17 @@ class TensorRTBackend:
         return self._denoiser.run(denoiser_feeds(x_t, t, cond))[name].to(x_t.device, x_t.dtype)  # (B, Ta, Da)
 
 
+def require_tensorrt(options: BackendOptions) -> Any:
+    """The ``tensorrt`` module where this backend can run (a CUDA device asked for and present), else the
+    error that says why not."""
+    if options.device == "cpu":
+        raise ValueError("backend tensorrt runs on a CUDA device; device=cpu asks for another backend")
+    trt = import_tensorrt()
+    if not torch.cuda.is_available():
+        raise RuntimeError("backend tensorrt: no CUDA device here (torch.cuda.is_available() is False)")
+    return trt
+
+
 def make_tensorrt(source: BackendSource, options: BackendOptions) -> TensorRTBackend:
-    return TensorRTBackend(source.cfg, source.onnx("tensorrt"), options)
+    trt = require_tensorrt(options)  # before the graphs: the first thing to know on a machine without it
+    return TensorRTBackend(trt, source.cfg, source.onnx("tensorrt"), options)
