@@ -112,6 +112,15 @@ def test_a_bundle_acts_as_its_checkpoint_on_a_real_episode(checkpoint: Path, bun
     assert any(np.abs(a - b).max() > 1e-3 for a, b in itertools.pairwise(want))  # the chunks follow the episode
 
 
+def test_warmup_leaves_the_episode_alone(bundle: Path) -> None:
+    cold, warm = load_bundle(bundle, threads=1), load_bundle(bundle, threads=1)
+    obs = {"state": np.full(128, 0.1, np.float32), "object_state": np.full(cold.object_state_dim, 0.2, np.float32)}
+    for p in (cold, warm):
+        p.reset(3)
+    warm.warmup()
+    assert np.array_equal(cold.predict_chunk(obs).unified, warm.predict_chunk(obs).unified)
+
+
 def test_a_bundle_carries_what_it_runs_with(checkpoint: Path, bundle: Path) -> None:
     policy = load_bundle(bundle, backend="onnxruntime")
     ref = DiffusionPolicy.from_checkpoint(checkpoint)

@@ -172,7 +172,7 @@ def _export(module: nn.Module, inputs: dict[str, Tensor], outputs: tuple[str, ..
         program = torch.onnx.export(
             module, (), kwargs=inputs, input_names=list(inputs), output_names=list(outputs),
             dynamic_shapes={name: {0: batch} for name in inputs}, opset_version=opset, dynamo=True,
-            external_data=size >= _PROTOBUF_LIMIT, optimize=True, verbose=False)
+            optimize=True, verbose=False)
     assert program is not None
     program.save(str(path), external_data=size >= _PROTOBUF_LIMIT)
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
+from robot_policy.keys import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE
 from robot_policy.models.diffusion import Sampler
 from robot_policy.models.inputs import LanguageTable, make_model_inputs
 from robot_policy.models.observation_history import ObservationHistory
@@ -155,6 +156,21 @@ class BundlePolicy:
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         """Add an observation to the history without predicting (steps executed from a chunk)."""
         self._history.add(obs)
+
+    @torch.no_grad()
+    def warmup(self, chunks: int = 2) -> None:
+        """Run ``chunks`` chunks on a zero observation so that lazy work (torch.compile's compilation, a first
+        engine launch, allocator growth) happens before the first real one. Leaves the episode's history
+        and noise untouched."""
+        history = ObservationHistory(self.embodiment, self.obs_horizon, self.object_state_dim, self.cameras)
+        H, W = self.bundle.cfg.obs_encoder.image_size
+        history.add({OBS_STATE: np.zeros(UNIFIED_DIM, np.float32), OBS_OBJECT: np.zeros(self.object_state_dim, np.float32),
+                     **{IMAGE_PREFIX + cam: np.zeros((H, W, 3), np.uint8) for cam in self.cameras}})
+        inputs = make_model_inputs(history.as_batch(), self.normalizer, self._language, self.device)
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        for _ in range(chunks):
+            noise = torch.randn(1, self.horizon, UNIFIED_DIM, generator=generator, device=self.device)
+            sample_chunk(self.backend, self.sampler, inputs, noise, generator=generator)
 
     def draw_noise(self) -> torch.Tensor:
         """The next initial sample x_T (1, Ta, 128) from this episode's generator."""
