@@ -50,7 +50,8 @@ class BackendOptions:
 
     #: cpu, cuda, or auto (cuda where the backend can use it, else cpu)
     device: str = "cpu"
-    #: intra-op threads (torch, ONNX Runtime); 0 = the library's default
+    #: intra-op threads; 0 = the library's default. ONNX Runtime: per session; torch: process-wide
+    #: (torch.set_num_threads when the backend is built)
     threads: int = 0
     #: tensorrt: where built engines are cached; None = $XDG_CACHE_HOME/robot_policy/tensorrt
     engine_cache: str | None = None
