@@ -140,6 +140,7 @@ def test_the_graph_has_named_inputs_and_a_dynamic_batch(exported: tuple[RDTPolic
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's own
 def test_torch_compile_matches_eager() -> None:
     model = random_model(CONFIGS["state"])
     ref = chunk(backend("torch", model, None), model, 1)
