@@ -251,3 +251,37 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(base_ckpt: Path, tmp_pat
     steps = [r["env_steps"] for r in metrics(out) if "perf/env_steps_per_second" in r]
     assert steps == list(range(128, stopped_at + 129, 128))
     assert np.all(np.diff(steps) > 0)
+
+
+def test_base_backend_onnxruntime_runs_the_rollouts_on_graphs_that_match_the_torch_base(
+        base_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``base_backend=onnxruntime``: a run exports the base's networks into out/base_graphs and trains with
+    them swapped in; on those graphs the base's chunks equal the torch base's to 1e-4 (same observation and
+    noise). An unsupported backend is refused before anything is written."""
+    import torch
+
+    from robot_policy.envs.registry import make_env
+    from robot_policy.models.frozen_base import FrozenBase
+    from robot_policy.models.observation_history import stack_batches
+    from robot_policy.runtime.backends import BackendSource, make_backend
+    from robot_policy.runtime.onnx_graphs import ENCODER_FILE, ExportedGraphs
+
+    out = tmp_path / "run"
+    assert cli_main(finetune_args("residual_ppo", base_ckpt, out, "base_backend=onnxruntime")) == 0
+    assert step_dirs(out)
+    graphs_dir = out / "base_graphs"
+    encoder = graphs_dir / ENCODER_FILE
+    graphs = ExportedGraphs(graphs_dir / "denoiser.onnx", encoder if encoder.exists() else None)
+    torch_base, ort_base = FrozenBase.from_checkpoint(base_ckpt), FrozenBase.from_checkpoint(base_ckpt)
+    ort_base.use_network(make_backend("onnxruntime", BackendSource(ort_base.model.cfg, graphs=graphs)))
+    env = make_env(TASK)
+    history = torch_base.new_history()
+    history.add(env.reset(seed=3)[0])
+    batch = stack_batches([history.as_batch()] * 3)
+    noise = torch.randn(3, torch_base.horizon, 128, generator=torch.Generator().manual_seed(0))
+    ref, got = torch_base.sample(batch, noise), ort_base.sample(batch, noise)
+    assert ref.abs().max() > 0.1  # a real chunk, not zeros
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    capsys.readouterr()
+    assert cli_main(finetune_args("residual_ppo", base_ckpt, tmp_path / "bad", "base_backend=tensorrt")) != 0
+    assert "base_backend" in capsys.readouterr().err and not (tmp_path / "bad").exists()

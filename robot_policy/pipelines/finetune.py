@@ -44,6 +44,7 @@ from robot_policy.envs.vector import make_vector_env
 from robot_policy.eval.stats import wilson_interval
 from robot_policy.models import checkpoint as ckpt
 from robot_policy.models.frozen_base import FrozenBase
+from robot_policy.pipelines.base_backend import check_base_backend, use_base_backend
 from robot_policy.policies.composite import COMPOSITE_FORMAT
 
 
@@ -90,6 +91,9 @@ class FinetuneConfig:
     keep_last: int = 20
     #: fsync checkpoints (off: faster, a machine crash may lose the newest)
     fsync: bool = True
+    #: what runs the base's networks in the rollouts: torch, torch.compile or onnxruntime (the graphs are
+    #: exported into out/base_graphs and checked against torch to 1e-4; the saved composites keep the torch base)
+    base_backend: str = "torch"
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -100,6 +104,7 @@ class FinetuneConfig:
             raise ValueError("total_env_steps must be >= 1 and max_wall_minutes > 0")
         if self.eval_every < 1 or self.eval_episodes < 0:
             raise ValueError("eval_every must be >= 1 and eval_episodes >= 0")
+        check_base_backend(self.base_backend)
 
 
 class FinetuneInterrupted(KeyboardInterrupt):
@@ -246,6 +251,7 @@ def finetune(cfg: FinetuneConfig, task: TaskConfig, algo_cfg: Any, command: str 
         env_steps, wall_before = int(plain["env_steps"]), float(plain["wall_seconds"])
         seeds_used = int(plain["seeds_used"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    use_base_backend(base, cfg.base_backend, run_dir / "base_graphs", cfg.torch_threads)
     (run_dir / "finetune_config.json").write_text(json.dumps(
         {"finetune": dataclasses.asdict(cfg), "rl": dataclasses.asdict(algo_cfg), "task": dataclasses.asdict(task),
          "command": command}, indent=2))
