@@ -243,3 +243,15 @@ def test_eval_of_a_bundle_runs(bundle: Path, tmp_path: Path, capsys: pytest.Capt
     assert report["executed_horizons"] == [spec["execute_horizon"]]
     assert all(e["inferences"] == -(-20 // spec["execute_horizon"]) for e in report["per_episode"])
     assert "backend=onnxruntime" in report["command"]
+
+
+def test_a_directory_with_another_manifest_json_is_not_a_bundle(tmp_path: Path) -> None:
+    """``is_bundle`` reads the manifest's format: export's overwrite and eval's dispatch trust it."""
+    from robot_policy.runtime.bundle.manifest import BUNDLE_FORMAT, MANIFEST, is_bundle
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"name": "my-web-app", "files": {}}))
+    assert not is_bundle(tmp_path)
+    (tmp_path / MANIFEST).write_text("not json {")
+    assert not is_bundle(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, "files": {}}))
+    assert is_bundle(tmp_path)

@@ -269,6 +269,9 @@ def test_base_backend_onnxruntime_runs_the_rollouts_on_graphs_that_match_the_tor
     out = tmp_path / "run"
     assert cli_main(finetune_args("residual_ppo", base_ckpt, out, "base_backend=onnxruntime")) == 0
     assert step_dirs(out)
+    used = json.loads((out / "finetune_config.json").read_text())["rollout_base"]
+    assert used["backend"] == "onnxruntime" and used["network"] == "OnnxRuntimeBackend"
+    assert used["denoiser_max_abs_diff"] <= 1e-4
     graphs_dir = out / "base_graphs"
     encoder = graphs_dir / ENCODER_FILE
     graphs = ExportedGraphs(graphs_dir / "denoiser.onnx", encoder if encoder.exists() else None)

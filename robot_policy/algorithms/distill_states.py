@@ -154,6 +154,11 @@ class WindowMixture:
             parts.append(self.sources[int(s)][pairs[rows, 1]])
             order.append(rows)
         keys = set.intersection(*(set(p) for p in parts))
+        wanted = (*INPUT_KEYS, TARGET)
+        partial = {k for p in parts for k in p if k in wanted} - keys
+        if partial:  # a model input some sources give and others lack would vanish from the batch silently
+            raise KeyError(f"window sources disagree on the inputs {sorted(partial)}: every source (demonstration "
+                           "stores, rollout windows) must provide them, or none")
         merged = {k: torch.cat([p[k] for p in parts]) for k in keys}
         inverse = torch.from_numpy(np.argsort(np.concatenate(order)))  # back to the sampler's row order
         return {k: v[inverse] for k, v in merged.items()}

@@ -59,8 +59,9 @@ class ResidualPPOConfig:
     norm_adv: bool = True
     #: clip of the normalised observation features (ResiP: 3)
     obs_clip: float = 3.0
-    #: learning-rate schedule over the run's budget: constant, linear or cosine decay to 0 (ResiP: cosine).
-    #: The budget's fraction used is the larger of env steps / total_env_steps and wall time / max_wall_minutes.
+    #: learning-rate schedule over the run's env-step budget (``total_env_steps``): constant, linear or cosine
+    #: decay to 0 (ResiP: cosine). Only env steps drive it, so a seeded run is reproducible; a run stopped by
+    #: ``max_wall_minutes`` first ends part-way along it
     lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
@@ -129,7 +130,7 @@ class ResidualPPO:
         self.lr_multiplier = 1.0
 
     def set_progress(self, fraction: float) -> None:
-        """Set the learning rates for ``fraction`` (in [0, 1]) of the run's budget used (``lr_schedule``)."""
+        """Set the learning rates for ``fraction`` (in [0, 1]) of the run's env-step budget used (``lr_schedule``)."""
         self.lr_multiplier = max(0.0, LR_SCHEDULES[self.cfg.lr_schedule](min(max(fraction, 0.0), 1.0)))
         for opt, lr in ((self.actor_opt, self.cfg.actor_lr), (self.critic_opt, self.cfg.critic_lr)):
             for group in opt.param_groups:

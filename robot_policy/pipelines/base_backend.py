@@ -22,8 +22,10 @@ ONNX_BACKENDS = ("onnxruntime",)
 
 
 def check_base_backend(name: str) -> None:
-    """``torch`` (the model itself), ``torch.compile`` or an ONNX backend; anything else lists the choices."""
-    valid = [b for b in backend_names() if b != "tensorrt"]
+    """``torch`` (the model itself) or an ONNX backend; anything else lists the choices. Not ``torch.compile``:
+    it compiles for one batch size (a robot's), and the rollouts call the base at 1..num_envs; not
+    ``tensorrt``: it needs a GPU these runs do not have."""
+    valid = [b for b in backend_names() if b not in ("tensorrt", "torch.compile")]
     if name not in valid:
         raise ValueError(f"base_backend: unknown or unsupported {name!r}; choose one of {', '.join(valid)}")
 

@@ -154,7 +154,9 @@ class DistillRunConfig:
             raise ValueError(f"device: cpu, cuda[:N] or auto, got {self.device!r}")
 
 
-#: DistillRunConfig fields a resumed run may change: they do not alter which batches or updates come next
+#: DistillRunConfig fields a resumed run may change: they do not alter which batches come next. The one that
+#: alters updates is ``train_steps``: extending a run rebuilds the cosine schedule over the new total, so the
+#: learning rate of an extended run rises again from where the old schedule had taken it
 _RESUME_MAY_CHANGE = {"resume", "progress", "device", "torch_threads", "out", "keep_checkpoints", "log_every",
                       "val_every", "val_batches", "ckpt_every", "train_steps", "eval_episodes", "eval_seed",
                       "eval_teacher", "eval_workers", "fsync", "num_envs", "teacher"}

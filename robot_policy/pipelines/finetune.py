@@ -91,8 +91,8 @@ class FinetuneConfig:
     keep_last: int = 20
     #: fsync checkpoints (off: faster, a machine crash may lose the newest)
     fsync: bool = True
-    #: what runs the base's networks in the rollouts: torch, torch.compile or onnxruntime (the graphs are
-    #: exported into out/base_graphs and checked against torch to 1e-4; the saved composites keep the torch base)
+    #: what runs the base's networks in the rollouts: torch or onnxruntime (the graphs are exported into
+    #: out/base_graphs and checked against torch to 1e-4; the saved composites keep the torch base)
     base_backend: str = "torch"
 
     def __post_init__(self) -> None:
@@ -251,10 +251,11 @@ def finetune(cfg: FinetuneConfig, task: TaskConfig, algo_cfg: Any, command: str 
         env_steps, wall_before = int(plain["env_steps"]), float(plain["wall_seconds"])
         seeds_used = int(plain["seeds_used"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    use_base_backend(base, cfg.base_backend, run_dir / "base_graphs", cfg.torch_threads)
+    export_check = use_base_backend(base, cfg.base_backend, run_dir / "base_graphs", cfg.torch_threads)
+    rollout_base = {"backend": cfg.base_backend, "network": type(base.network).__name__, **export_check}
     (run_dir / "finetune_config.json").write_text(json.dumps(
         {"finetune": dataclasses.asdict(cfg), "rl": dataclasses.asdict(algo_cfg), "task": dataclasses.asdict(task),
-         "command": command}, indent=2))
+         "rollout_base": rollout_base, "command": command}, indent=2))
     config = _checkpoint_config(cfg, task, algo_cfg, algo, base, command)
     log = _Log(run_dir, env_steps)
     seeds = SeedStream(cfg.train_seed_start + 1_000_000 * cfg.seed, seeds_used)
@@ -300,8 +301,8 @@ def finetune(cfg: FinetuneConfig, task: TaskConfig, algo_cfg: Any, command: str 
         while env_steps < cfg.total_env_steps and wall() < 60 * cfg.max_wall_minutes and not stop.signum:
             before = rollout.throughput()
             t0 = time.perf_counter()
-            if hasattr(algo, "set_progress"):  # learning-rate schedules follow whichever budget runs out first
-                algo.set_progress(max(env_steps / cfg.total_env_steps, wall() / (60 * cfg.max_wall_minutes)))
+            if hasattr(algo, "set_progress"):  # learning-rate schedules: env steps only, never the wall clock
+                algo.set_progress(env_steps / cfg.total_env_steps)
             metrics, episodes = algo.train_iteration(rollout)
             seconds = time.perf_counter() - t0
             after = rollout.throughput()

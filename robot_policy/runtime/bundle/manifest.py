@@ -29,8 +29,15 @@ def file_sha256(path: Path) -> str:
 
 
 def is_bundle(path: str | Path) -> bool:
-    """A directory with a manifest (it may still fail verification)."""
-    return (Path(path) / MANIFEST).is_file()
+    """A directory whose ``manifest.json`` says it is a deploy bundle (it may still fail verification). Any
+    other manifest.json (a web app's, a dataset's) is not one: ``export overwrite=true`` deletes bundles only."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return bool(json.loads(manifest.read_text()).get("format") == BUNDLE_FORMAT)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
 
 
 def write_manifest(root: Path, versions: dict[str, str], source: dict[str, Any]) -> dict[str, Any]:
