@@ -180,14 +180,22 @@ def test_ctm_loss_trains_the_student_only(base_ckpt: Path) -> None:
     student = copy_of(base.model)
     target = copy.deepcopy(base.model).eval().requires_grad_(False)
     models = models_for(base, student, 1, target)
-    cfg = DistillConfig(steps=1, loss="ctm")
-    loss, parts = ctm_loss(models, DistillBatch(inputs, noise, torch.Generator().manual_seed(5), base.horizon), cfg)
-    assert np.isfinite(loss.item()) and loss.item() > 0 and set(parts) == {"ctm", "dsm"}
-    loss.backward()
-    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
-    assert all(p.grad is None for p in (*base.model.parameters(), *target.parameters()))
+    # the teacher's parameters made trainable here, so only the loss's own no-grad use of it keeps them clean
+    # (the EMA target stays frozen: its stop-gradient is its frozen parameters, by design)
+    base.model.requires_grad_(True)
+    try:
+        cfg = DistillConfig(steps=1, loss="ctm")
+        loss, parts = ctm_loss(models, DistillBatch(inputs, noise, torch.Generator().manual_seed(5), base.horizon),
+                               cfg)
+        assert np.isfinite(loss.item()) and loss.item() > 0 and set(parts) == {"ctm", "dsm"}
+        loss.backward()
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
+        assert all(p.grad is None for p in (*base.model.parameters(), *target.parameters()))
+    finally:
+        base.model.requires_grad_(False)
     again, _ = ctm_loss(models, DistillBatch(inputs, noise, torch.Generator().manual_seed(5), base.horizon), cfg)
-    assert again.item() == loss.item()
+    other, _ = ctm_loss(models, DistillBatch(inputs, noise, torch.Generator().manual_seed(6), base.horizon), cfg)
+    assert again.item() == loss.item() and other.item() != loss.item()
 
 
 def test_a_few_updates_reduce_the_same_noise_loss_on_a_held_batch(base_ckpt: Path) -> None:
