@@ -113,8 +113,9 @@ def is_bundle(policy: str) -> bool:
 
 
 def _resolve_bundle(cfg: EvalConfig, policy: str, backend: str | None) -> EvalConfig:
-    """A bundle is verified against its manifest here, once; its backend goes to the loader as
-    ``policy_kwargs.backend`` and its sampler options, left null, become the bundle's own."""
+    """A bundle is verified against its manifest here, before any worker starts (each worker's loader checks
+    it again as it opens it); its backend goes to the loader as ``policy_kwargs.backend`` and its sampler
+    options, left null, become the bundle's own."""
     from robot_policy.runtime.backends import backend_names
     from robot_policy.runtime.bundle import open_bundle
 
