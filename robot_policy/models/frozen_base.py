@@ -13,17 +13,17 @@ noise), as latent-noise RL needs. One :meth:`sample` call serves every env due f
 ``content_hash`` identifies the checkpoint's bytes (weights + config): a composite fine-tuned on this base
 records it and refuses another base.
 
-The networks run behind :class:`BaseNetwork` (``encode`` once per chunk, ``denoise`` per sampler step): the
-torch model by default; :meth:`FrozenBase.use_network` swaps in another runner of the same two networks (an
-ONNX Runtime session from ``robot_policy.runtime``, built by the layer above), and the sampling loop stays
-this one.
+The networks run behind :class:`~robot_policy.models.rdt.ChunkNetwork` (``encode`` once per chunk,
+``denoise`` per sampler step): the torch model by default; :meth:`FrozenBase.use_network` swaps in another
+runner of the same two networks (an ONNX Runtime session from ``robot_policy.runtime``, built by the layer
+above), and the sampling loop stays the one of :func:`~robot_policy.models.rdt.sample_with`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from robot_policy.models import checkpoint as ckpt
 from robot_policy.models.diffusion import Sampler
 from robot_policy.models.inputs import LanguageTable, make_model_inputs
 from robot_policy.models.observation_history import ObservationHistory
-from robot_policy.models.rdt import Conditions, ModelInputs, RDTPolicyModel, policy_config_from_dict
+from robot_policy.models.rdt import ChunkNetwork, RDTPolicyModel, policy_config_from_dict, sample_with
 from robot_policy.models.text import make_text_encoder
 from robot_policy.spaces.embodiment import EmbodimentSpec
 from robot_policy.spaces.unified import UNIFIED_DIM
@@ -53,18 +53,6 @@ def checkpoint_content_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-class BaseNetwork(Protocol):
-    """The two networks of a diffusion policy, however they run (``RDTPolicyModel`` is one)."""
-
-    def encode(self, inputs: ModelInputs) -> Conditions:
-        """Conditions of one chunk, computed once before the sampler's steps."""
-        ...
-
-    def denoise(self, x_t: Tensor, t: Tensor, cond: Conditions) -> Tensor:
-        """One network evaluation: x_t (B, Ta, 128), t (B,) -> model output (B, Ta, 128)."""
-        ...
-
-
 class FrozenBase:
     """See the module docstring. Build with :meth:`from_checkpoint`; parameters never require grad."""
 
@@ -74,7 +62,7 @@ class FrozenBase:
                  path: Path | None = None, content_hash: str = "") -> None:
         self.model = model.eval().requires_grad_(False)
         #: what runs the encoder and the denoiser step (:meth:`use_network`)
-        self.network: BaseNetwork = self.model
+        self.network: ChunkNetwork = self.model
         self.normalizer = normalizer
         self.embodiment = embodiment
         self.language = language
@@ -138,13 +126,9 @@ class FrozenBase:
         if noise.shape != (B, self.horizon, UNIFIED_DIM):
             raise ValueError(f"noise: expected ({B}, {self.horizon}, {UNIFIED_DIM}), got {tuple(noise.shape)}")
         inputs = make_model_inputs(batch, self.normalizer, self.language_table, self.device)
-        cond = self.network.encode(inputs)
-        # the loop of RDTPolicyModel.sample, around whichever network runs
-        x = self.sampler.run(lambda x_t, t: self.network.denoise(x_t, t, cond),
-                             noise.to(self.device, torch.float32), generator)
-        return x * inputs.action_mask[:, None].to(x.dtype)
+        return sample_with(self.network, self.sampler, inputs, noise.to(self.device, torch.float32), generator)
 
-    def use_network(self, network: BaseNetwork) -> None:
+    def use_network(self, network: ChunkNetwork) -> None:
         """Run the encoder and the denoiser step with ``network`` from now on (the same two networks, e.g. in
         ONNX Runtime); chunks then differ from the torch model's by that runner's numerical error."""
         self.network = network

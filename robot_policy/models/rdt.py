@@ -22,7 +22,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -248,6 +248,29 @@ def conditions_from(inputs: ModelInputs, obs_tokens: Tensor, obs_mask: Tensor, l
                       lang, lang_mask.bool(), obs_tokens, obs_mask)
 
 
+class ChunkNetwork(Protocol):
+    """The two networks of a diffusion policy, however they run: :class:`RDTPolicyModel` itself, or a runtime
+    backend (ONNX Runtime, TensorRT) of the same graphs."""
+
+    def encode(self, inputs: ModelInputs) -> Conditions:
+        """The conditions of one chunk, computed once before the sampler's steps."""
+        ...
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Conditions) -> Tensor:
+        """One network evaluation: x_t (B, Ta, Da), t (B,) diffusion steps -> model output (B, Ta, Da)."""
+        ...
+
+
+def sample_with(network: ChunkNetwork, sampler: Sampler, inputs: ModelInputs, noise: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
+    """The one sampling loop: encode once, then the sampler's update rule around each denoiser call, from the
+    initial noise x_T (B, Ta, Da) to a chunk (B, Ta, Da) in normalised action space with masked slots zero.
+    ``generator`` drives the fresh noise of the stochastic samplers (DDPM, DDIM eta > 0)."""
+    cond = network.encode(inputs)
+    x = sampler.run(lambda x_t, t: network.denoise(x_t, t, cond), noise, generator)
+    return x * inputs.action_mask[:, None].to(x.dtype)
+
+
 def _draw_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
     # Random draws happen where the generator lives (a CPU generator cannot fill a CUDA tensor).
     return generator.device if generator is not None else fallback
@@ -313,14 +336,12 @@ class RDTPolicyModel(nn.Module):
                generator: torch.Generator | None = None) -> Tensor:
         """A chunk (B, Ta, Da) in normalised action space, masked slots zero. Unset options come from
         ``cfg.diffusion`` (RDT: DPM-Solver++, 5 steps). ``noise`` (B, Ta, Da) is the initial x_T."""
-        cond = self.encode(inputs)
         B = inputs.state.shape[0]
         if noise is None:
             noise = torch.randn(B, self.cfg.horizon, Da, generator=generator,
                                 device=_draw_device(generator, inputs.state.device)).to(inputs.state)
         plan = sampler if isinstance(sampler, Sampler) else Sampler(self.cfg.diffusion, sampler, num_steps, eta)
-        x = plan.run(lambda x_t, t: self.denoise(x_t, t, cond), noise, generator)
-        return x * inputs.action_mask[:, None].to(x.dtype)
+        return sample_with(self, plan, inputs, noise, generator)
 
 
 def policy_config_from_dict(raw: Mapping[str, Any], where: str = "policy") -> RDTConfig:

@@ -19,29 +19,23 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from robot_policy.models.rdt import Conditions, ModelInputs, RDTConfig, RDTPolicyModel
+from robot_policy.models.rdt import ChunkNetwork, Conditions, ModelInputs, RDTConfig, RDTPolicyModel
 from robot_policy.runtime.onnx_graphs import ExportedGraphs, encoder_inputs
 
 DEVICES = ("cpu", "cuda", "auto")
 
 
 @runtime_checkable
-class Backend(Protocol):
-    """One way to run the encoder and the denoiser step (see the module docstring)."""
+class Backend(ChunkNetwork, Protocol):
+    """One way to run the encoder and the denoiser step (see the module docstring): ``encode(inputs)`` with
+    ``inputs`` as :func:`~robot_policy.models.inputs.make_model_inputs` makes them (normalised state, uint8
+    images (B, To, V, 3, H, W), ...) and ``denoise(x_t, t, cond)``, as every
+    :class:`~robot_policy.models.rdt.ChunkNetwork`, plus its name and device."""
 
     #: the registry name (``torch``, ``onnxruntime``, ...)
     name: str
     #: where the tensors it takes and returns live (an engine may compute elsewhere)
     device: torch.device
-
-    def encode(self, inputs: ModelInputs) -> Conditions:
-        """The conditions of one chunk; ``inputs`` as :func:`~robot_policy.models.inputs.make_model_inputs`
-        makes them (normalised state, uint8 images (B, To, V, 3, H, W), ...)."""
-        ...
-
-    def denoise(self, x_t: Tensor, t: Tensor, cond: Conditions) -> Tensor:
-        """One network evaluation: x_t (B, Ta, Da), t (B,) diffusion steps -> model output (B, Ta, Da)."""
-        ...
 
 
 @dataclass(frozen=True)
