@@ -20,16 +20,15 @@ import copy
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from signals import interrupt_once_logged
 from test_rl_components import tiny_base_checkpoint, write_composite
 
 from robot_policy.algorithms.distill import (
@@ -448,20 +447,7 @@ def test_sigint_saves_the_finished_step_and_resume_continues(base_ckpt: Path, tm
     with open(log, "w") as fh:
         proc = subprocess.Popen([str(Path(sys.executable).with_name("robot-policy")), *args], stdout=fh,
                                 stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    try:
-        while not ((out / "metrics.jsonl").exists() and '"loss"' in (out / "metrics.jsonl").read_text()):
-            if proc.poll() is not None:
-                pytest.fail(f"distill exited ({proc.returncode}) before a step:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no step logged after 120 s:\n{log.read_text()}")
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGINT)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code = interrupt_once_logged(proc, log, out / "metrics.jsonl", '"loss"', "a step")
     text = log.read_text()
     assert code == 130, text
     latest = ckpt.latest_checkpoint(out)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from safetensors.torch import load_file
+from signals import interrupt_once_logged
 from test_rl_components import tiny_base_checkpoint
 
 from robot_policy.cli.main import main as cli_main
@@ -223,20 +223,7 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(base_ckpt: Path, tmp_pat
     log = tmp_path / "stopped.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen([robot_policy, *args], stdout=fh, stderr=subprocess.STDOUT, env=subprocess_env())
-    deadline = time.monotonic() + 120
-    try:
-        while not ((out / "metrics.jsonl").exists() and "train/" in (out / "metrics.jsonl").read_text()):
-            if proc.poll() is not None:
-                pytest.fail(f"finetune exited ({proc.returncode}) before an iteration:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no iteration logged after 120 s:\n{log.read_text()}")
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGINT)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code = interrupt_once_logged(proc, log, out / "metrics.jsonl", "train/", "an iteration")
     text = log.read_text()
     assert code == 130, text
     latest = ckpt.latest_checkpoint(out)
