@@ -29,6 +29,16 @@ from robot_policy.policies.base import ActionChunk
 from robot_policy.spaces.unified import UNIFIED_DIM
 
 
+def initial_noise(noise: torch.Tensor | np.ndarray | None, generator: torch.Generator, horizon: int,
+                  device: torch.device) -> torch.Tensor:
+    """x_T (1, Ta, 128) for one chunk: ``noise`` (Ta, 128) if given, else the next draw of the episode's
+    ``generator``. The one rule for every single-episode policy (checkpoint or deploy bundle), so the same
+    seed gives the same chunks whatever runs the networks."""
+    if noise is None:
+        return torch.randn(1, horizon, UNIFIED_DIM, generator=generator, device=device)
+    return torch.as_tensor(noise, dtype=torch.float32, device=device).reshape(1, horizon, UNIFIED_DIM)
+
+
 class DiffusionPolicy:
     """See the module docstring. Build with :meth:`from_checkpoint`."""
 
@@ -80,16 +90,13 @@ class DiffusionPolicy:
 
     def draw_noise(self) -> torch.Tensor:
         """The next initial sample x_T (1, Ta, 128) from this episode's generator."""
-        return torch.randn(1, self.horizon, UNIFIED_DIM, generator=self._generator, device=self.device)
+        return initial_noise(None, self._generator, self.horizon, self.device)
 
     @torch.no_grad()
     def predict_chunk(self, obs: dict[str, np.ndarray], noise: torch.Tensor | np.ndarray | None = None) -> ActionChunk:
         """Observe ``obs`` and return the next chunk. ``noise`` (Ta, 128): the initial sample x_T."""
         self._history.add(obs)
-        if noise is None:
-            x_T = self.draw_noise()
-        else:
-            x_T = torch.as_tensor(noise, dtype=torch.float32, device=self.device).reshape(1, self.horizon, UNIFIED_DIM)
+        x_T = initial_noise(noise, self._generator, self.horizon, self.device)
         # The generator also drives the stochastic samplers' per-step noise (DDPM, DDIM with eta > 0), so a
         # chunk depends only on the episode seed, never on torch's global RNG.
         sample = self.base.sample(self._history.as_batch(), x_T, generator=self._generator)

@@ -35,6 +35,7 @@ from robot_policy.models.inputs import LanguageTable, make_model_inputs
 from robot_policy.models.observation_history import ObservationHistory
 from robot_policy.models.rdt import RDTConfig, RDTPolicyModel, policy_config_from_dict
 from robot_policy.policies.base import ActionChunk
+from robot_policy.policies.diffusion import initial_noise
 from robot_policy.runtime.backends import Backend, BackendOptions, BackendSource, make_backend
 from robot_policy.runtime.bundle.layout import EMBODIMENT, LANGUAGE, NORMALIZER, POLICY, WEIGHTS
 from robot_policy.runtime.bundle.manifest import BundleError, bundle_file, read_manifest
@@ -174,16 +175,13 @@ class BundlePolicy:
 
     def draw_noise(self) -> torch.Tensor:
         """The next initial sample x_T (1, Ta, 128) from this episode's generator."""
-        return torch.randn(1, self.horizon, UNIFIED_DIM, generator=self._generator, device=self.device)
+        return initial_noise(None, self._generator, self.horizon, self.device)
 
     @torch.no_grad()
     def predict_chunk(self, obs: dict[str, np.ndarray], noise: torch.Tensor | np.ndarray | None = None) -> ActionChunk:
         """Observe ``obs`` and return the next chunk. ``noise`` (Ta, 128): the initial sample x_T."""
         self._history.add(obs)
-        if noise is None:
-            x_T = self.draw_noise()
-        else:
-            x_T = torch.as_tensor(noise, dtype=torch.float32, device=self.device).reshape(1, self.horizon, UNIFIED_DIM)
+        x_T = initial_noise(noise, self._generator, self.horizon, self.device)
         inputs = make_model_inputs(self._history.as_batch(), self.normalizer, self._language, self.device)
         sample = sample_chunk(self.backend, self.sampler, inputs, x_T, generator=self._generator)  # (1, Ta, Da)
         unified = self.normalizer.unnormalize(fmt.ACTION, sample[0]).cpu().numpy() * self.action_mask
