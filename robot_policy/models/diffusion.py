@@ -46,6 +46,8 @@ BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+#: ``hook(x0_hat, t) -> x0``: edits the clean-sample estimate (B, ...) at diffusion step ``t`` before the update
+X0Hook = Callable[[Tensor, int], Tensor]
 
 
 @dataclass
@@ -221,6 +223,7 @@ class Sampler:
             raise ValueError(f"eta: must be >= 0, got {self.eta}")
         with _quiet():
             self._scheduler = _make_scheduler(cfg, self.kind)
+        self._schedule: NoiseSchedule | None = None  # x0 <-> model output, built on a first x0_hook
         self.timesteps: list[int] = self.start()
         # DPM-Solver++'s linspace spacing repeats a timestep when num_steps == T; a zero-length step
         # divides by zero in the second-order update.
@@ -249,13 +252,54 @@ class Sampler:
             out = self._scheduler.step(model_out, t, x_t, generator=generator)
         return out.prev_sample.to(x_t.dtype)
 
-    def run(self, model_fn: ModelFn, noise: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Integrate from ``noise`` (B, ...) at t = T-1 down to a clean sample (B, ...)."""
+    def run(self, model_fn: ModelFn, noise: Tensor, generator: torch.Generator | None = None,
+            x0_hook: X0Hook | None = None) -> Tensor:
+        """Integrate from ``noise`` (B, ...) at t = T-1 down to a clean sample (B, ...).
+
+        ``x0_hook(x0_hat, t)``, if given, edits the clean-sample estimate of every step before the update
+        (inpainting, real-time chunking): with ``prediction_type="sample"`` (RDT) the model output is x0_hat
+        and is edited directly; other types go through x0 and back (:meth:`NoiseSchedule.predict_x0`,
+        :meth:`NoiseSchedule.output_from_x0`). All three update rules then proceed from the edited x0, and
+        DPM-Solver++ keeps it as its multistep history. Without a hook the loop is unchanged, bit for bit."""
         x = noise
         for t in self.start():
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B,)
-            x = self.step(model_fn(x, t_batch), t, x, generator)
+            out = model_fn(x, t_batch)
+            if x0_hook is not None:
+                out = self._edit_x0(out, x, t, t_batch, x0_hook)
+            x = self.step(out, t, x, generator)
         return x
+
+    def _edit_x0(self, out: Tensor, x_t: Tensor, t: int, t_batch: Tensor, hook: X0Hook) -> Tensor:
+        if self.cfg.prediction_type == "sample":
+            return hook(out, t)
+        if self._schedule is None:
+            self._schedule = NoiseSchedule(self.cfg)
+        x0 = hook(self._schedule.predict_x0(out, x_t, t_batch), t)
+        return self._schedule.output_from_x0(x0, x_t, t_batch)
+
+
+def x0_inpainting(target: Tensor, weights: Tensor) -> X0Hook:
+    """The hook that pulls each step's x0 estimate towards ``target``: x0 <- W * target + (1 - W) * x0_hat.
+
+    Args:
+        target: (B, Ta, Da) the known part of the sample, in the sampler's (normalised) space.
+        weights: (Ta,) in [0, 1] per time step, 1 = replace by the target, 0 = leave the model's estimate.
+    Weight 0 returns x0_hat exactly (0 * target + 1 * x0_hat), so an all-zero W is the plain loop bit for bit.
+    """
+    if target.dim() != 3 or weights.shape != (target.shape[1],):
+        raise ValueError(f"x0_inpainting: target must be (B, Ta, Da) and weights (Ta,), got "
+                         f"{tuple(target.shape)} and {tuple(weights.shape)}")
+    if not bool(torch.isfinite(target).all()):
+        raise ValueError("x0_inpainting: target has NaN/Inf (0 * NaN would leak into every unguided step)")
+    if bool(((weights < 0) | (weights > 1)).any()):
+        raise ValueError(f"x0_inpainting: weights must be in [0, 1], got {weights.tolist()}")
+    w = weights.to(target)[None, :, None]  # (1, Ta, 1)
+
+    def hook(x0_hat: Tensor, t: int) -> Tensor:
+        return w * target.to(x0_hat) + (1 - w) * x0_hat  # (B, Ta, Da)
+
+    return hook
 
 
 def sample(model_fn: ModelFn, noise: Tensor, cfg: DiffusionConfig, *, sampler: str | None = None,

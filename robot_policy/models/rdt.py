@@ -30,7 +30,7 @@ import yaml
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from robot_policy.models.diffusion import DiffusionConfig, NoiseSchedule, Sampler
+from robot_policy.models.diffusion import DiffusionConfig, NoiseSchedule, Sampler, X0Hook
 from robot_policy.models.encoders import ObsEncoderConfig, ObservationEncoder
 from robot_policy.models.layers import (
     FinalLayer,
@@ -262,12 +262,13 @@ class ChunkNetwork(Protocol):
 
 
 def sample_with(network: ChunkNetwork, sampler: Sampler, inputs: ModelInputs, noise: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, x0_hook: X0Hook | None = None) -> Tensor:
     """The one sampling loop: encode once, then the sampler's update rule around each denoiser call, from the
     initial noise x_T (B, Ta, Da) to a chunk (B, Ta, Da) in normalised action space with masked slots zero.
-    ``generator`` drives the fresh noise of the stochastic samplers (DDPM, DDIM eta > 0)."""
+    ``generator`` drives the fresh noise of the stochastic samplers (DDPM, DDIM eta > 0); ``x0_hook`` edits
+    each step's x0 estimate (B, Ta, Da) before the update (:meth:`Sampler.run`; real-time chunking)."""
     cond = network.encode(inputs)
-    x = sampler.run(lambda x_t, t: network.denoise(x_t, t, cond), noise, generator)
+    x = sampler.run(lambda x_t, t: network.denoise(x_t, t, cond), noise, generator, x0_hook)
     return x * inputs.action_mask[:, None].to(x.dtype)
 
 

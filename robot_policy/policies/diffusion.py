@@ -11,6 +11,11 @@ with the statistics stored in the checkpoint. The sampler (DDPM, DDIM, DPM-Solve
 be changed at load time without retraining; ``noise`` (Ta, 128) can be given to make a chunk a deterministic
 function of it (DDIM with eta=0, DPM-Solver++), as latent-noise RL needs.
 
+Real-time chunking: ``predict_chunk(obs, prefix=ActionPrefix(...))`` inpaints the chunk against the actions
+still queued from the previous one (:mod:`robot_policy.runtime.rtc` describes the method). The prefix is in
+unified SI actions, like the chunk the policy returns, so the caller needs no normaliser; the policy
+normalises it with its own statistics. Without a prefix the chunk is what it always was, bit for bit.
+
 The network, normaliser and sampler are a :class:`~robot_policy.models.frozen_base.FrozenBase` (``.base``),
 the batched form that fine-tuning drives over many envs at once; this class adds one episode's history and
 seeded noise.
@@ -18,15 +23,56 @@ seeded noise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from robot_policy.models.diffusion import X0Hook, x0_inpainting
 from robot_policy.models.frozen_base import FrozenBase
+from robot_policy.models.inputs import make_model_inputs
+from robot_policy.models.rdt import sample_with
 from robot_policy.policies.base import ActionChunk
+from robot_policy.spaces.embodiment import EmbodimentSpec
 from robot_policy.spaces.unified import UNIFIED_DIM
+
+
+@dataclass(frozen=True)
+class ActionPrefix:
+    """The actions a new chunk must agree with, for real-time chunking.
+
+    Attributes:
+        unified: (Ta, 128) unified actions in SI units at the new chunk's time steps (row i at
+            ``obs_time + i / control_hz``), e.g. the scheduler's queue (:meth:`ChunkScheduler.prefix_for_next
+            <robot_policy.runtime.scheduler.ChunkScheduler.prefix_for_next>`); rows with weight 0 are ignored.
+        weights: (Ta,) guidance weights in [0, 1] (:func:`robot_policy.runtime.rtc.rtc_weights`).
+    """
+
+    unified: np.ndarray
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.unified.ndim != 2 or self.unified.shape[1] != UNIFIED_DIM:
+            raise ValueError(f"ActionPrefix.unified: expected (Ta, {UNIFIED_DIM}), got {self.unified.shape}")
+        if self.weights.shape != (self.unified.shape[0],):
+            raise ValueError(f"ActionPrefix.weights: expected ({self.unified.shape[0]},), got {self.weights.shape}")
+
+    @classmethod
+    def from_native(cls, native: np.ndarray, weights: np.ndarray, embodiment: EmbodimentSpec) -> ActionPrefix:
+        """From native actions (Ta, n), the embodiment's action fields concatenated in declaration order."""
+        unified = embodiment.action.flat_to_unified(np.asarray(native, np.float64)).astype(np.float32)
+        return cls(unified, np.asarray(weights, np.float32))
+
+    def hook(self, to_normalized: Callable[[np.ndarray], torch.Tensor], horizon: int, device: torch.device) -> X0Hook:
+        """The sampler's x0 hook for this prefix. ``to_normalized`` maps unified SI actions (Ta, 128) to the
+        policy's normalised space (masked slots 0)."""
+        if self.unified.shape[0] != horizon:
+            raise ValueError(f"ActionPrefix: {self.unified.shape[0]} rows for a policy chunk of {horizon}")
+        target = torch.as_tensor(to_normalized(self.unified), dtype=torch.float32, device=device)[None]  # (1, Ta, Da)
+        return x0_inpainting(target, torch.as_tensor(self.weights, dtype=torch.float32, device=device))
 
 
 def initial_noise(noise: torch.Tensor | np.ndarray | None, generator: torch.Generator, horizon: int,
@@ -93,13 +139,22 @@ class DiffusionPolicy:
         return initial_noise(None, self._generator, self.horizon, self.device)
 
     @torch.no_grad()
-    def predict_chunk(self, obs: dict[str, np.ndarray], noise: torch.Tensor | np.ndarray | None = None) -> ActionChunk:
-        """Observe ``obs`` and return the next chunk. ``noise`` (Ta, 128): the initial sample x_T."""
+    def predict_chunk(self, obs: dict[str, np.ndarray], noise: torch.Tensor | np.ndarray | None = None,
+                      prefix: ActionPrefix | None = None) -> ActionChunk:
+        """Observe ``obs`` and return the next chunk. ``noise`` (Ta, 128): the initial sample x_T; ``prefix``:
+        the queued actions to inpaint against (real-time chunking, the module docstring)."""
         self._history.add(obs)
         x_T = initial_noise(noise, self._generator, self.horizon, self.device)
         # The generator also drives the stochastic samplers' per-step noise (DDPM, DDIM with eta > 0), so a
         # chunk depends only on the episode seed, never on torch's global RNG.
-        sample = self.base.sample(self._history.as_batch(), x_T, generator=self._generator)
+        if prefix is None:
+            sample = self.base.sample(self._history.as_batch(), x_T, generator=self._generator)
+        else:
+            # FrozenBase.sample's two lines with the x0 hook added; the path without a prefix stays untouched.
+            hook = prefix.hook(self.base.to_normalized, self.horizon, self.device)
+            inputs = make_model_inputs(self._history.as_batch(), self.normalizer, self.base.language_table,
+                                       self.device)
+            sample = sample_with(self.base.network, self.base.sampler, inputs, x_T, self._generator, hook)
         actions = self.base.to_unified(sample[0])
         return ActionChunk.from_unified(actions, self.base.action_mask, self.embodiment.control_hz,
                                         self.execute_horizon, embodiment=self.embodiment)

@@ -33,9 +33,9 @@ from robot_policy.keys import IMAGE_PREFIX, OBS_OBJECT, OBS_STATE
 from robot_policy.models.diffusion import Sampler
 from robot_policy.models.inputs import LanguageTable, make_model_inputs
 from robot_policy.models.observation_history import ObservationHistory
-from robot_policy.models.rdt import RDTConfig, RDTPolicyModel, policy_config_from_dict
+from robot_policy.models.rdt import RDTConfig, RDTPolicyModel, policy_config_from_dict, sample_with
 from robot_policy.policies.base import ActionChunk
-from robot_policy.policies.diffusion import initial_noise
+from robot_policy.policies.diffusion import ActionPrefix, initial_noise
 from robot_policy.runtime.backends import Backend, BackendOptions, BackendSource, make_backend
 from robot_policy.runtime.bundle.layout import EMBODIMENT, LANGUAGE, NORMALIZER, POLICY, WEIGHTS
 from robot_policy.runtime.bundle.manifest import BundleError, bundle_file, read_manifest
@@ -178,15 +178,28 @@ class BundlePolicy:
         return initial_noise(None, self._generator, self.horizon, self.device)
 
     @torch.no_grad()
-    def predict_chunk(self, obs: dict[str, np.ndarray], noise: torch.Tensor | np.ndarray | None = None) -> ActionChunk:
-        """Observe ``obs`` and return the next chunk. ``noise`` (Ta, 128): the initial sample x_T."""
+    def predict_chunk(self, obs: dict[str, np.ndarray], noise: torch.Tensor | np.ndarray | None = None,
+                      prefix: ActionPrefix | None = None) -> ActionChunk:
+        """Observe ``obs`` and return the next chunk. ``noise`` (Ta, 128): the initial sample x_T; ``prefix``:
+        the queued actions to inpaint against (real-time chunking, as DiffusionPolicy.predict_chunk)."""
         self._history.add(obs)
         x_T = initial_noise(noise, self._generator, self.horizon, self.device)
         inputs = make_model_inputs(self._history.as_batch(), self.normalizer, self._language, self.device)
-        sample = sample_chunk(self.backend, self.sampler, inputs, x_T, generator=self._generator)  # (1, Ta, Da)
+        if prefix is None:
+            sample = sample_chunk(self.backend, self.sampler, inputs, x_T, generator=self._generator)  # (1, Ta, Da)
+        else:
+            hook = prefix.hook(self._normalize_actions, self.horizon, self.device)
+            sample = sample_with(self.backend, self.sampler, inputs, x_T.to(self.device, torch.float32),
+                                 self._generator, hook)  # (1, Ta, Da)
         unified = self.normalizer.unnormalize(fmt.ACTION, sample[0]).cpu().numpy() * self.action_mask
         return ActionChunk.from_unified(unified.astype(np.float32), self.action_mask, self.embodiment.control_hz,
                                         self.execute_horizon, embodiment=self.embodiment)
+
+
+    def _normalize_actions(self, unified: np.ndarray) -> torch.Tensor:
+        """Unified SI actions (..., 128) -> normalised, masked slots 0 (the inverse of predict_chunk's output)."""
+        x = torch.as_tensor(np.asarray(unified, np.float32), device=self.device)
+        return self.normalizer.normalize(fmt.ACTION, x) * torch.as_tensor(self.action_mask, device=self.device)
 
 
 def load_bundle(path: str | Path, backend: str = "onnxruntime", *, device: str = "cpu", threads: int = 0,

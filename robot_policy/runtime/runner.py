@@ -1,0 +1,203 @@
+"""Inference off the control loop: one background thread computes chunks while the loop executes the queue.
+
+    with AsyncInferenceRunner(policy) as runner:
+        while running:                                   # the control loop, e.g. 20 Hz
+            now = time.monotonic()
+            if (result := runner.poll()) is not None:    # re-raises the worker's exception, if any
+                scheduler.add(to_native(result.chunk), result.obs_time, hz, now=now)
+            if scheduler.remaining(now) <= threshold:
+                runner.submit(obs, obs_time)             # False while the previous one is still out
+            command(scheduler.action_at(now))
+
+A thread, not a process: torch releases the GIL inside its kernels (and ONNX Runtime / TensorRT inside
+``run``), so the control loop runs while the network does. The Python between kernels (the sampler's update,
+input assembly) does take the GIL and can delay a control tick by up to a few ms; a loop that needs hard
+real-time guarantees belongs in its own process (the ROS node's executor).
+
+Threads: torch's intra-op pool is process-wide. ``torch_threads`` sets it once, from the worker, before the
+first inference; leave a core to the control loop (e.g. ``os.cpu_count() - 1``). ``None`` leaves torch's
+setting as it is. Grad mode is per thread, so the worker runs each call under ``torch.no_grad()`` itself.
+
+While an inference is out (:attr:`AsyncInferenceRunner.busy`) the worker owns the policy: the control thread
+must not call its ``observe`` or ``reset`` then (keep the observations and replay them after the result, and
+``wait_idle()`` before a reset).
+
+Times are ``clock()`` seconds (``time.monotonic`` by default), the clock of the observation stamps.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+import torch
+
+from robot_policy.policies.base import ActionChunk
+
+#: ``predict(obs, **kwargs) -> chunk``: a policy's ``predict_chunk`` or any function of the same form
+Predict = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """One finished inference.
+
+    Attributes:
+        chunk: what ``predict`` returned (an :class:`~robot_policy.policies.base.ActionChunk` for a policy).
+        obs_time: the observation's stamp passed to :meth:`AsyncInferenceRunner.submit` (s).
+        started: when the worker began the call (s).
+        finished: when the result became available, after ``injected_delay_s`` (s).
+    """
+
+    chunk: Any
+    obs_time: float
+    started: float
+    finished: float
+
+    @property
+    def latency_s(self) -> float:
+        """Observation to available chunk (s): what decides which of the chunk's actions are already due."""
+        return self.finished - self.obs_time
+
+    @property
+    def inference_s(self) -> float:
+        """Time in the worker (s), the injected delay included."""
+        return self.finished - self.started
+
+
+@dataclass(frozen=True)
+class _Job:
+    obs: Any
+    obs_time: float
+    kwargs: dict[str, Any]
+
+
+class AsyncInferenceRunner:
+    """Runs ``predict`` in a background thread, one call at a time. See the module docstring.
+
+    Args:
+        predict: a :class:`~robot_policy.policies.base.Policy` (its ``predict_chunk`` is called) or a
+            function ``predict(obs, **kwargs)``.
+        injected_delay_s: extra seconds the worker sleeps before publishing each result (delay benchmarks:
+            how a scheduler copes with slower inference).
+        torch_threads: torch's intra-op threads, set from the worker before the first call; None = unchanged.
+        clock: the time source of ``started`` / ``finished``.
+    """
+
+    def __init__(self, predict: Predict | Any, *, injected_delay_s: float = 0.0, torch_threads: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        fn = getattr(predict, "predict_chunk", predict)
+        if not callable(fn):
+            raise TypeError(f"AsyncInferenceRunner: {type(predict).__name__} has no predict_chunk and is not callable")
+        if injected_delay_s < 0:
+            raise ValueError(f"injected_delay_s: must be >= 0, got {injected_delay_s}")
+        if torch_threads is not None and torch_threads < 1:
+            raise ValueError(f"torch_threads: must be >= 1, got {torch_threads}")
+        self._predict: Predict = fn
+        self.injected_delay_s = injected_delay_s
+        self._torch_threads = torch_threads
+        self._clock = clock
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._results: queue.Queue[InferenceResult | BaseException] = queue.Queue()
+        # Submitted and not yet collected by poll/wait. Only the caller's thread reads or writes it.
+        self._outstanding = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="policy-inference", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a submitted inference has not been collected yet (running, or finished but not polled)."""
+        return self._outstanding
+
+    def submit(self, obs: Any, obs_time: float, **kwargs: Any) -> bool:
+        """Start inferring a chunk from ``obs`` (taken at ``obs_time``, s); ``kwargs`` go to ``predict`` (e.g.
+        ``prefix=`` for real-time chunking, ``noise=``). Returns False, and does nothing, while the previous
+        one is still out: it is running, or its result has not been collected by :meth:`poll` (a result is
+        never overwritten). ``obs`` must not be mutated by the caller afterwards: the worker reads it."""
+        if self._closed:
+            raise RuntimeError("AsyncInferenceRunner: submit after close")
+        if self._outstanding:
+            return False
+        self._outstanding = True
+        self._jobs.put(_Job(obs, float(obs_time), kwargs))
+        return True
+
+    def poll(self) -> InferenceResult | None:
+        """The finished result, once, or None if there is none (yet). Re-raises an exception raised by
+        ``predict`` in the worker (the runner is then free for the next submit)."""
+        try:
+            item = self._results.get_nowait()
+        except queue.Empty:
+            return None
+        return self._collect(item)
+
+    def wait(self, timeout: float | None = None) -> InferenceResult | None:
+        """Block until the outstanding result is ready (None after ``timeout`` s, or when none is out)."""
+        if not self._outstanding:
+            return None
+        try:
+            item = self._results.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return self._collect(item)
+
+    def wait_idle(self, timeout: float | None = None) -> InferenceResult | None:
+        """Block until nothing is outstanding and return what was (None if nothing was): before a reset, so
+        that a chunk of the old episode is never polled in the new one. Re-raises the worker's exception.
+        Raises TimeoutError if the inference is still running after ``timeout`` s."""
+        if not self._outstanding:
+            return None
+        result = self.wait(timeout)
+        if self._outstanding:
+            raise TimeoutError(f"AsyncInferenceRunner: inference still running after {timeout} s")
+        return result
+
+    def _collect(self, item: InferenceResult | BaseException) -> InferenceResult:
+        self._outstanding = False
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _work(self) -> None:
+        if self._torch_threads is not None:
+            torch.set_num_threads(self._torch_threads)
+        while (job := self._jobs.get()) is not None:
+            started = self._clock()
+            try:
+                with torch.no_grad():
+                    chunk = self._predict(job.obs, **job.kwargs)
+                if self.injected_delay_s:
+                    time.sleep(self.injected_delay_s)
+                self._results.put(InferenceResult(chunk, job.obs_time, started, self._clock()))
+            except Exception as e:  # noqa: BLE001 -- not swallowed: poll() re-raises it in the caller's thread
+                self._results.put(e)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the worker and join it; an inference in progress finishes first (torch cannot be interrupted).
+        Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def chunk_native(chunk: ActionChunk) -> np.ndarray:
+    """A chunk's native actions (Ta, n), the embodiment's action fields concatenated in declaration order: the
+    rows :class:`~robot_policy.runtime.scheduler.ChunkScheduler` queues."""
+    if chunk.embodiment is None:
+        raise ValueError("chunk_native: this ActionChunk has no embodiment")
+    return np.asarray(chunk.embodiment.action.unified_to_flat(chunk.unified))  # (Ta, n)
