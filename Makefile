@@ -13,11 +13,32 @@ DEB_PACKAGES := libosmesa6 libusb-1.0-0 libegl1
 # The whole suite, slow tests (tiny end-to-end runs) included; gpu/ros/hardware tests skip themselves where
 # the thing is missing. A fresh clone's `bash .ci/run` took 7 min 12 s on 2 cores (one other job running), setup
 # included (README.md).
-PYTEST_ARGS ?= -m "not gpu and not ros and not hardware" -n 2
+PYTEST_ARGS ?= -m "not gpu and not hardware" -n 2
+# Real ROS 2 Kilted (rclpy over Fast DDS) from PyPI wheels, into the same venv after torch (../shared/ROS2.md);
+# exact pins: the wheels come from one builder. colcon builds the ament package in ros_ws/.
+ROS_WHEELS := ros-kilted-rclpy==9.1.2 ros-kilted-rmw-fastrtps-cpp==9.3.3 ros-kilted-sensor-msgs==5.5.1 \
+  ros-kilted-trajectory-msgs==5.5.1 ros-kilted-std-msgs==5.5.1 ros-kilted-geometry-msgs==5.5.1 \
+  ros-kilted-builtin-interfaces==2.3.0 ros-kilted-lifecycle-msgs==2.3.0 ros-kilted-action-msgs==2.3.0 \
+  ros-kilted-ament-index-python==1.11.0 ros-kilted-diagnostic-msgs==5.5.1 ros-kilted-std-srvs==5.5.1 \
+  ros-kilted-rcl-interfaces==2.3.0 colcon-common-extensions==0.3.0
+ROS_PKG := ros_ws/src/robot_policy_ros
 
-.PHONY: setup system-deps test test-fast demo bench lint clean
+.PHONY: setup system-deps ros test test-fast demo bench lint clean
 
 setup: $(VENV)/.installed
+
+# The ROS 2 wheels and the colcon build of robot_policy_ros (ros_ws/install); rebuilt when the package changes.
+ros: ros_ws/install/.built
+
+$(VENV)/.ros-installed: $(VENV)/.installed
+	$(BIN)/pip install -q $(ROS_WHEELS)
+	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch moved to ' + v)"
+	touch $@
+
+ros_ws/install/.built: $(VENV)/.ros-installed $(ROS_PKG)/package.xml $(ROS_PKG)/setup.py $(wildcard $(ROS_PKG)/robot_policy_ros/*.py) $(wildcard $(ROS_PKG)/config/*)
+	cd ros_ws && PATH=$(abspath $(BIN)):$$PATH AMENT_PREFIX_PATH=$(abspath $(VENV)) \
+	  $(abspath $(BIN))/colcon --log-base log build --base-paths src --build-base build --install-base install
+	touch $@
 
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -40,7 +61,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	touch $@
 
 # One torch/BLAS thread per pytest-xdist worker: two workers x two threads on two cores thrash.
-test: setup
+test: setup ros
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop while developing: the slow tests left out.

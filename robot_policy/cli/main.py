@@ -18,6 +18,8 @@ VERBS: dict[str, str] = {
     "finetune": "robot_policy.cli.finetune",
     "distill": "robot_policy.cli.distill",
     "export": "robot_policy.cli.export",
+    "sil": "robot_policy.cli.sil",
+    "serve": "robot_policy.cli.serve",
     "bench": "robot_policy.cli.bench",
     "demo": "robot_policy.cli.demo",
 }

@@ -19,8 +19,8 @@ Rules, checked in this order by :meth:`Watchdog.mode`:
   4. empty queue: HOLD. A missed inference deadline (an inference running for longer than
      ``inference_deadline_s``) does not stop the arms by itself: the queued actions keep running (the miss
      is reported in the reason and counted) and the empty queue then holds.
-  5. after any HOLD or ESTOP, RUN resumes only with a chunk planned from an observation stamped at or after
-     the moment the hold began (:meth:`chunk_arrived`'s ``obs_stamp``): a chunk planned before assumed
+  5. after a HOLD (other than an empty queue's) or ESTOP, RUN resumes only with a chunk planned from an
+     observation stamped at or after the moment the hold began (:meth:`chunk_arrived`'s ``obs_stamp``): a chunk planned before assumed
      the arm kept moving, and the arm has stopped since.
 """
 
@@ -140,7 +140,10 @@ class Watchdog:
         mode, reason = self._evaluate(now, queued)
         if mode != self._mode:
             self._counts[f"{self._mode.value}->{mode.value}"] += 1
-            if mode != Mode.RUN:
+            # An empty queue leaves the arm at the last point of a plan, which is where the next plan,
+            # made from an observation taken while it ran, starts: it does not need a fresh plan. Every
+            # other hold (stale observation, inactive, e-stop) does (rule 5).
+            if mode != Mode.RUN and not reason.startswith("queue empty"):
                 self._begin_hold(now)
             self._mode = mode
         self._reason = reason
