@@ -33,7 +33,7 @@ from robot_policy.policies.base import Policy, observe, reset_policy
 from robot_policy.policies.diffusion import ActionPrefix
 from robot_policy.runtime.robot_io import ObservationAssembler, RobotInterface, native_rows
 from robot_policy.runtime.rtc import rtc_weights
-from robot_policy.runtime.runner import AsyncInferenceRunner, InferenceResult
+from robot_policy.runtime.runner import AsyncInferenceRunner, InferenceResult, SimulatedLatencyRunner
 from robot_policy.runtime.safety import JointLimits, SafetyFilter
 from robot_policy.runtime.scheduler import ChunkScheduler, SchedulerConfig
 from robot_policy.runtime.watchdog import Mode, Watchdog, WatchdogConfig
@@ -69,9 +69,28 @@ class ControllerConfig:
     injected_delay_s: float = 0.0
     #: the inference latency assumed until one is measured (when to start the next inference)
     initial_latency_s: float = 0.1
+    #: when the next inference starts: ``early`` (the queue would otherwise run out before the chunk arrives:
+    #: asynchronous execution) or ``when_empty`` (after the queue ran out: synchronous execution, the arm
+    #: stops while the policy infers)
+    replan: str = "early"
     #: lockstep: tick waits for the inference it starts (the world stands still meanwhile, as in
     #: robot-policy eval); for deterministic in-process runs and tests, never on a robot
     synchronous: bool = False
+
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("none", "temporal_ensemble", "rtc"):
+            raise ValueError(f"scheduler: unknown {self.scheduler!r}; valid: none, temporal_ensemble, rtc")
+        if self.replan not in ("early", "when_empty"):
+            raise ValueError(f"replan: unknown {self.replan!r}; valid: early, when_empty")
+        for key in ("obs_timeout_s", "max_first_jump", "gripper_vel_max", "gripper_acc_max", "jerk_per_acc",
+                    "initial_latency_s"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.loop_hz is not None and not self.loop_hz > 0:
+            raise ValueError(f"loop_hz: must be > 0, got {self.loop_hz}")
+        if self.execute_horizon is not None and self.execute_horizon < 1:
+            raise ValueError(f"execute_horizon: must be >= 1, got {self.execute_horizon}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,11 @@ class Command:
     dt: float
     start: float
     braking: bool = False
+
+    @property
+    def times(self) -> np.ndarray:
+        """(T,) absolute time of each row [s]."""
+        return self.start + self.dt * np.arange(1, len(self.positions) + 1)
 
 
 class _Plan:
@@ -121,7 +145,8 @@ class PolicyController:
     """
 
     def __init__(self, policy: Policy, interface: RobotInterface, cfg: ControllerConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 runner: AsyncInferenceRunner | SimulatedLatencyRunner | None = None) -> None:
         self.policy = policy
         self.interface = interface
         self.cfg = cfg = cfg or ControllerConfig()
@@ -140,7 +165,7 @@ class PolicyController:
         self.watchdog = Watchdog(WatchdogConfig(obs_timeout_s=cfg.obs_timeout_s, inference_deadline_s=deadline))
         self.scheduler = ChunkScheduler(SchedulerConfig(mode=cfg.scheduler))
         # the runner stamps its results on the clock of the observation stamps, so latency = finished - obs time
-        self.runner = AsyncInferenceRunner(self._infer, injected_delay_s=cfg.injected_delay_s, clock=clock)
+        self.runner = runner or AsyncInferenceRunner(self._infer, injected_delay_s=cfg.injected_delay_s, clock=clock)
         self._plan: _Plan | None = None
         self._holding = False
         self._last_stamp = -np.inf
@@ -256,7 +281,8 @@ class PolicyController:
         # Re-plan once execute_horizon actions of the chunk have run, or earlier when the rest of the queue
         # would run out before a new chunk can arrive (the recent inference latency plus a period): with
         # execute_horizon == horizon the queue would otherwise empty and the arms hold between chunks.
-        lead = 0 if self.cfg.synchronous else int(np.ceil(self._expected_latency() * self.control_hz)) + 1
+        early = not self.cfg.synchronous and self.cfg.replan == "early"
+        lead = int(np.ceil(self._expected_latency() * self.control_hz)) + 1 if early else 0
         due = queued <= max(self.horizon - self.execute_horizon, lead, 0)
         if mode != Mode.ESTOP and due and not self.runner.busy and self.runner.submit(obs, stamp, **self._rtc(stamp)):
             self.watchdog.inference_started(now)

@@ -115,6 +115,19 @@ class RobotInterface:
             start += f.dim
         raise KeyError(action_field)
 
+    def wire_state(self, unified_state: np.ndarray) -> WireState:
+        """What a robot with this layout sends for the unified state (128,) of an observation: the simulated
+        robots' sensors (ROS 2 ``sim_robot_node`` and the in-process runs)."""
+        native = self.embodiment.state.from_unified(np.asarray(unified_state, dtype=np.float64))
+        n = len(self.joint_names)
+        pos, vel = np.zeros(n), np.zeros(n)
+        for f in self.embodiment.action.fields:
+            pos[self.field_indices(f.name)] = native[f.name]
+        for vel_field, pos_field in self.velocity_of.items():
+            vel[self.field_indices(pos_field)] = native[vel_field]
+        eef = {arm: (native[f"{arm}_eef_pos"], native[f"{arm}_eef_quat"]) for arm in self.arms_with_eef}
+        return WireState(pos, vel, eef)
+
     def joint_order(self, names: Sequence[str]) -> np.ndarray:
         """Indices mapping a message's ``names`` onto ``joint_names``: ``values[order]`` is in our order.
         Extra joints in the message (another device on the same topic) are ignored; a missing one is an
@@ -126,6 +139,16 @@ class RobotInterface:
         if missing:
             raise MalformedMessage(f"missing joint(s) {missing}; got {list(names)}")
         return np.array([where[n] for n in self.joint_names], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class WireState:
+    """A robot's state as sent: joint positions and velocities (n,) in ``joint_names`` order, and per arm the
+    end-effector pose (position (3,) m, quaternion xyzw (4,), robot base frame)."""
+
+    position: np.ndarray
+    velocity: np.ndarray
+    eef: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def _finite(values: np.ndarray, what: str) -> np.ndarray:
@@ -155,7 +178,7 @@ class ObservationAssembler:
         self._eef: dict[tuple[str, str], _Stamped] = {}
         self._object: _Stamped | None = None
 
-    def update_joints(self, names: Sequence[str], position: Sequence[float], velocity: Sequence[float],
+    def update_joints(self, names: Sequence[str], position: Sequence[float] | np.ndarray, velocity: Sequence[float] | np.ndarray,
                       stamp: float) -> None:
         """A JointState: ``position`` (rad / m) and ``velocity`` (rad/s / m/s) per name; velocity may be
         empty when no state field needs it."""
@@ -175,7 +198,7 @@ class ObservationAssembler:
         vel = _finite(vel[order], "joint state velocity") if vel.size else np.zeros_like(pos)
         self._position, self._velocity = _Stamped(pos, stamp), _Stamped(vel, stamp)
 
-    def update_eef(self, arm: str, position: Sequence[float], quat_xyzw: Sequence[float], stamp: float) -> None:
+    def update_eef(self, arm: str, position: Sequence[float] | np.ndarray, quat_xyzw: Sequence[float] | np.ndarray, stamp: float) -> None:
         """An end-effector pose of ``arm`` in its robot base frame: position (3, m), quaternion xyzw (4)."""
         if arm not in self.interface.arms_with_eef:
             raise MalformedMessage(f"end-effector pose for unknown arm {arm!r}")
@@ -190,7 +213,15 @@ class ObservationAssembler:
         self._eef[(arm, "pos")] = _Stamped(pos, stamp)
         self._eef[(arm, "quat")] = _Stamped(quat / norm, stamp)
 
-    def update_object(self, values: Sequence[float], stamp: float) -> None:
+    def update_wire(self, state: WireState, object_state: np.ndarray | None, stamp: float) -> None:
+        """Everything a robot sends at one instant (the in-process transport's one call)."""
+        self.update_joints(self.interface.joint_names, state.position, state.velocity, stamp)
+        for arm, (pos, quat) in state.eef.items():
+            self.update_eef(arm, pos, quat, stamp)
+        if object_state is not None and self.interface.object_state_dim:
+            self.update_object(object_state, stamp)
+
+    def update_object(self, values: Sequence[float] | np.ndarray, stamp: float) -> None:
         """The task's object state vector (object_state_dim,), in the units and frame the policy was trained
         on (for pybullet_bimanual_lift: tray position, rotation 6D, half extents, world frame)."""
         v = _finite(np.asarray(values, dtype=np.float64).reshape(-1), "object state")

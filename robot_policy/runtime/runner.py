@@ -201,3 +201,52 @@ def chunk_native(chunk: ActionChunk) -> np.ndarray:
     if chunk.embodiment is None:
         raise ValueError("chunk_native: this ActionChunk has no embodiment")
     return np.asarray(chunk.embodiment.action.unified_to_flat(chunk.unified))  # (Ta, n)
+
+
+class SimulatedLatencyRunner:
+    """:class:`AsyncInferenceRunner`'s interface on simulated time: the chunk is computed at :meth:`submit`
+    (synchronously, in the caller's thread) and becomes available to :meth:`poll` once ``clock()`` has
+    advanced by ``latency_s``. For runs where the world is simulated step by step (the runtime benchmark's
+    delay sweep): the latency is exact and the run deterministic, whatever the machine's speed.
+    """
+
+    def __init__(self, predict: Predict | Any, latency_s: float, clock: Callable[[], float]) -> None:
+        if latency_s < 0:
+            raise ValueError(f"latency_s: must be >= 0, got {latency_s}")
+        fn = getattr(predict, "predict_chunk", predict)
+        if not callable(fn):
+            raise TypeError(f"SimulatedLatencyRunner: {type(predict).__name__} has no predict_chunk and is not callable")
+        self._predict: Predict = fn
+        self.latency_s = float(latency_s)
+        self._clock = clock
+        self._result: InferenceResult | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._result is not None
+
+    def submit(self, obs: Any, obs_time: float, **kwargs: Any) -> bool:
+        if self._result is not None:
+            return False
+        started = self._clock()
+        with torch.no_grad():
+            chunk = self._predict(obs, **kwargs)
+        self._result = InferenceResult(chunk, float(obs_time), started, started + self.latency_s)
+        return True
+
+    def poll(self) -> InferenceResult | None:
+        if self._result is None or self._clock() < self._result.finished - 1e-9:
+            return None
+        result, self._result = self._result, None
+        return result
+
+    def wait(self, timeout: float | None = None) -> InferenceResult | None:
+        """The pending result regardless of the clock (lockstep callers that let the world wait)."""
+        result, self._result = self._result, None
+        return result
+
+    def wait_idle(self, timeout: float | None = None) -> InferenceResult | None:
+        return self.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self._result = None

@@ -39,23 +39,8 @@ from robot_policy.envs.registry import load_task_config, make_env
 from robot_policy.keys import OBS_OBJECT, OBS_STATE
 from robot_policy.runtime.dds import require_loopback
 from robot_policy.runtime.robot_io import RobotInterface
+from robot_policy.runtime.trajectory import TimedTrajectory, TrajectoryFollower
 from robot_policy_ros import messages, topics
-
-
-class _ActiveTrajectory:
-    """The trajectory one arm follows: absolute point times (K,) and positions (K, joints)."""
-
-    def __init__(self, times: np.ndarray, positions: np.ndarray) -> None:
-        self.times, self.positions = times, positions
-
-    def sample(self, t: float) -> np.ndarray:
-        if t <= self.times[0]:
-            return self.positions[0]
-        if t >= self.times[-1]:
-            return self.positions[-1]
-        k = int(np.searchsorted(self.times, t)) - 1
-        w = (t - self.times[k]) / (self.times[k + 1] - self.times[k])
-        return (1.0 - w) * self.positions[k] + w * self.positions[k + 1]
 
 
 class SimRobotNode(Node):
@@ -77,7 +62,6 @@ class SimRobotNode(Node):
         self._rejected = 0
         self._last_reject = ""
         self._obs: dict[str, np.ndarray] | None = None
-        self._traj: dict[str, _ActiveTrajectory] = {}
 
         self._pub_joints = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
         self._pub_eef = {arm: self.create_publisher(PoseStamped, topics.EEF_POSE.format(arm=arm), topics.SENSOR_QOS)
@@ -92,7 +76,7 @@ class SimRobotNode(Node):
         self.create_service(Trigger, topics.SIM_RESET, self._on_reset)
         self.create_service(Trigger, topics.SIM_STATUS, self._on_status)
         self._obs, _ = self.env.reset(seed=0)
-        self._hold = self.itf.embodiment.action.unified_to_flat(self.env.current_unified_action())
+        self.follower = TrajectoryFollower(self.itf.arm_joints, self._hold_row())
         self.create_timer(self.dt, self._tick)
 
     # ---- commands ---------------------------------------------------------------------------------
@@ -103,23 +87,20 @@ class SimRobotNode(Node):
             if sorted(names) != sorted(arm_names):
                 raise ValueError(f"joints {names} are not the {arm} arm's {arm_names}")
             order = [names.index(n) for n in arm_names]
-            self._traj[arm] = _ActiveTrajectory(times, positions[:, order])
+            self.follower.follow(arm, TimedTrajectory(times, positions[:, order]))
             self._commands += 1
         except ValueError as e:
             self._rejected += 1
             self._last_reject = f"{arm}: {e}"
             self.get_logger().warning(f"trajectory rejected: {self._last_reject}")
 
-    def _command_row(self, t: float) -> np.ndarray:
-        row = self._hold.copy()
-        for arm, traj in self._traj.items():
-            row[list(self.itf.arm_joints[arm])] = traj.sample(t)
-        return row
+    def _hold_row(self) -> np.ndarray:
+        return self.itf.embodiment.action.unified_to_flat(self.env.current_unified_action())
 
     # ---- the control step -------------------------------------------------------------------------
     def _tick(self) -> None:
         if self._running:
-            row = self._command_row(self._now())
+            row = self.follower.command(self._now())
             unified = self.itf.embodiment.action.flat_to_unified(row).astype(np.float32)
             self._obs, _, terminated, truncated, info = self.env.step(unified)
             self._steps += 1
@@ -132,20 +113,11 @@ class SimRobotNode(Node):
 
     def _publish(self, stamp: float) -> None:
         assert self._obs is not None
-        itf = self.itf
-        native = itf.embodiment.state.from_unified(self._obs[OBS_STATE])
-        n = len(itf.joint_names)
-        pos, vel = np.zeros(n), np.zeros(n)
-        for f in itf.embodiment.action.fields:
-            idx = itf.field_indices(f.name)
-            pos[idx] = native[f.name]
-            vel_field = next((v for v, p in itf.velocity_of.items() if p == f.name), None)
-            if vel_field is not None:
-                vel[idx] = native[vel_field]
-        self._pub_joints.publish(messages.joint_state(itf.joint_names, pos, vel, stamp))
+        wire = self.itf.wire_state(self._obs[OBS_STATE])
+        self._pub_joints.publish(messages.joint_state(self.itf.joint_names, wire.position, wire.velocity, stamp))
         for arm, pub in self._pub_eef.items():
-            pub.publish(messages.pose_stamped(native[f"{arm}_eef_pos"], native[f"{arm}_eef_quat"], stamp,
-                                              self.frame))
+            pos, quat = wire.eef[arm]
+            pub.publish(messages.pose_stamped(pos, quat, stamp, self.frame))
         if self._pub_object is not None:
             self._pub_object.publish(messages.float_array(self._obs[OBS_OBJECT]))
 
@@ -153,8 +125,7 @@ class SimRobotNode(Node):
     def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         seed = int(self.get_parameter("seed").value)
         self._obs, _ = self.env.reset(seed=seed)
-        self._hold = self.itf.embodiment.action.unified_to_flat(self.env.current_unified_action())
-        self._traj.clear()
+        self.follower.reset(self._hold_row())
         self._seed, self._steps, self._success, self._running = seed, 0, False, True
         self._publish(self._now())
         response.success, response.message = True, json.dumps(self._status())
