@@ -270,9 +270,14 @@ class PolicyController:
 
     def _accept(self, result: InferenceResult, now: float) -> None:
         rows = native_rows(self.interface, result.chunk.unified)
-        self.scheduler.add(rows, result.obs_time, self.control_hz, now=now)
-        self.watchdog.chunk_arrived(now, result.obs_time)
         self._latencies.append(result.latency_s)
+        if not np.isfinite(rows).all():
+            # a broken backend: the chunk is dropped whole, so the queue runs out and the arms hold (the
+            # filter would refuse it too; it never reaches the scheduler)
+            self._counts["chunks_rejected_nonfinite"] += 1
+        else:
+            self.scheduler.add(rows, result.obs_time, self.control_hz, now=now)
+            self.watchdog.chunk_arrived(now, result.obs_time)
         for o in self._pending_observations:  # the steps that ran while it was inferring, in order
             observe(self.policy, o)
         self._pending_observations.clear()
