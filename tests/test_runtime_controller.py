@@ -28,17 +28,17 @@ TASK = "pybullet_bimanual_lift"
 
 
 @pytest.fixture(scope="module")
-def env():  # noqa: ANN201 -- a ManipulationEnv
+def env():
     e = make_env(TASK)
     yield e
     e.close()
 
 
-def _interface(env) -> RobotInterface:  # noqa: ANN001
+def _interface(env) -> RobotInterface:
     return RobotInterface.from_embodiment(env.embodiment, env.object_state_dim)
 
 
-def test_the_wire_layout_of_the_bimanual_panda(env) -> None:  # noqa: ANN001
+def test_the_wire_layout_of_the_bimanual_panda(env) -> None:
     itf = _interface(env)
     assert len(itf.joint_names) == 16
     assert itf.joint_names[:8] == (*(f"right_joint_pos_{i}" for i in range(1, 8)), "right_gripper")
@@ -48,7 +48,7 @@ def test_the_wire_layout_of_the_bimanual_panda(env) -> None:  # noqa: ANN001
         RobotInterface.from_embodiment(env.embodiment, 12, joint_names=["a", "b", "c"])
 
 
-def test_the_assembled_observation_is_the_envs(env) -> None:  # noqa: ANN001
+def test_the_assembled_observation_is_the_envs(env) -> None:
     itf = _interface(env)
     obs, _ = env.reset(seed=3)
     for _ in range(5):
@@ -64,7 +64,7 @@ def test_the_assembled_observation_is_the_envs(env) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(rebuilt[OBS_OBJECT], obs[OBS_OBJECT])
 
 
-def test_malformed_messages_are_refused_whole(env) -> None:  # noqa: ANN001
+def test_malformed_messages_are_refused_whole(env) -> None:
     itf = _interface(env)
     obs, _ = env.reset(seed=0)
     wire = itf.wire_state(obs[OBS_STATE])
@@ -96,7 +96,7 @@ def test_malformed_messages_are_refused_whole(env) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(assembler.joint_position, wire.position)
 
 
-def test_an_episode_through_the_runtime_succeeds_within_limits(env) -> None:  # noqa: ANN001
+def test_an_episode_through_the_runtime_succeeds_within_limits(env) -> None:
     expert = load_policy("scripted", env)
     result = run_runtime_episode(env, expert, seed=1_000_000, cfg=scheme_config("async"), latency_s=0.0)
     assert result.success, result
@@ -110,7 +110,7 @@ class _NaNPolicy:
     horizon = 16
     execute_horizon = 8
 
-    def __init__(self, env, good: int) -> None:  # noqa: ANN001
+    def __init__(self, env, good: int) -> None:
         self.env, self.good, self.calls = env, good, 0
 
     def predict_chunk(self, obs: dict[str, np.ndarray]) -> ActionChunk:
@@ -122,13 +122,13 @@ class _NaNPolicy:
                                         embodiment=self.env.embodiment)
 
 
-def _controller(env, policy, clock) -> PolicyController:  # noqa: ANN001
+def _controller(env, policy, clock) -> PolicyController:
     itf = _interface(env)
     return PolicyController(policy, itf, ControllerConfig(obs_timeout_s=0.1), clock=clock,
                             runner=SimulatedLatencyRunner(policy, 0.0, clock))
 
 
-def test_a_stale_observation_holds_within_one_period(env) -> None:  # noqa: ANN001
+def test_a_stale_observation_holds_within_one_period(env) -> None:
     t = [0.0]
     policy = _NaNPolicy(env, good=1000)
     controller = _controller(env, policy, lambda: t[0])
@@ -157,7 +157,7 @@ def test_a_stale_observation_holds_within_one_period(env) -> None:  # noqa: ANN0
     controller.close()
 
 
-def test_a_nan_chunk_never_reaches_the_arm(env) -> None:  # noqa: ANN001
+def test_a_nan_chunk_never_reaches_the_arm(env) -> None:
     t = [0.0]
     policy = _NaNPolicy(env, good=1)
     controller = _controller(env, policy, lambda: t[0])
