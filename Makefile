@@ -65,8 +65,8 @@ test: setup ros
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop while developing: the slow tests left out.
-test-fast: setup
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not gpu and not ros and not hardware" -n 2
+test-fast: setup ros
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not gpu and not hardware" -n 2
 
 demo: setup
 	$(BIN)/robot-policy demo

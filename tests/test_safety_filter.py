@@ -205,6 +205,22 @@ def test_first_point_jump_is_rejected() -> None:
     assert f.stats()["rejected_jump"] == 1
 
 
+def test_the_jump_check_measures_from_the_arm_when_given() -> None:
+    """From the last command q, a chunk that starts 0.5 rad away is rejected; the same chunk is accepted when the
+    arm is measured where it starts (the last plan, not the arm, was elsewhere), and a chunk that starts at q
+    is rejected when the arm is measured 0.5 rad away."""
+    f = SafetyFilter(LIMITS, DT, JUMP)
+    targets, dq = smooth_chunk(MID)
+    shifted = targets.copy()
+    shifted[:, 9] += 0.5
+    arm = MID.copy()
+    arm[9] += 0.5
+    assert f.filter(MID, dq, shifted).intervention == Intervention.REJECTED_JUMP
+    assert f.filter(MID, dq, shifted, measured=arm).intervention != Intervention.REJECTED_JUMP
+    r = f.filter(MID, dq, targets, measured=arm)
+    assert r.intervention == Intervention.REJECTED_JUMP and "left_joint_pos[1]" in r.detail
+
+
 def test_brake_stops_within_limits() -> None:
     f = SafetyFilter(LIMITS, DT, JUMP)
     vmax, amax, jmax = LIMITS.vel_max, LIMITS.acc_max, LIMITS.jerk_max

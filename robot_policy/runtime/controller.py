@@ -34,7 +34,7 @@ from robot_policy.policies.diffusion import ActionPrefix
 from robot_policy.runtime.robot_io import ObservationAssembler, RobotInterface, native_rows
 from robot_policy.runtime.rtc import rtc_weights
 from robot_policy.runtime.runner import AsyncInferenceRunner, InferenceResult, SimulatedLatencyRunner
-from robot_policy.runtime.safety import JointLimits, SafetyFilter
+from robot_policy.runtime.safety import Intervention, JointLimits, SafetyFilter
 from robot_policy.runtime.scheduler import ChunkScheduler, SchedulerConfig
 from robot_policy.runtime.watchdog import Mode, Watchdog, WatchdogConfig
 
@@ -336,9 +336,14 @@ class PolicyController:
         if not targets:
             return self._hold(now)
         q0, dq0 = start
-        result = self.filter.filter(q0, dq0, np.stack(targets))
+        result = self.filter.filter(q0, dq0, np.stack(targets), measured=self.assembler.joint_position)
         if len(result.commands) == 0:
             return None
+        if result.intervention == Intervention.REJECTED_JUMP:
+            # the queue was planned for another arm state: drop it, so the next inference (from the arm's
+            # state now) starts at once, instead of braking on the same queue every period
+            self.scheduler = ChunkScheduler(SchedulerConfig(mode=self.cfg.scheduler))
+            self._counts["queues_dropped_jump"] += 1
         command = Command(result.commands, self.dt, now, braking=result.braking)
         self._plan, self._holding = _Plan(q0, dq0, command), result.braking
         self._counts["commands"] += 1

@@ -177,13 +177,17 @@ class SafetyFilter:
         self.workspace = Workspace(workspace, fk) if workspace is not None and fk is not None else None
         self._counts: Counter[str] = Counter()
 
-    def filter(self, q: np.ndarray, dq: np.ndarray, targets: np.ndarray) -> FilterResult:
+    def filter(self, q: np.ndarray, dq: np.ndarray, targets: np.ndarray,
+               measured: np.ndarray | None = None) -> FilterResult:
         """Commands to send for a chunk of position targets.
 
         Args:
             q: (n,) current position [rad or m] (measured, or the last command sent).
             dq: (n,) current velocity [rad/s or m/s], consistent with q.
             targets: (T, n) positions for t + dt, ..., t + T dt, T >= 1.
+            measured: (n,) the measured position, when q is the last command: the first-jump check compares
+                the chunk with where the arm is (a chunk planned from another state), not with the last plan
+                (consecutive chunks of a multimodal policy may disagree; the forward pass from q smooths that).
 
         Raises ValueError on wrong shapes (a programming error, not a data fault).
         """
@@ -193,7 +197,8 @@ class SafetyFilter:
         targets = np.asarray(targets, dtype=np.float64)
         if targets.ndim != 2 or targets.shape[1] != n or len(targets) == 0:
             raise ValueError(f"SafetyFilter.filter: targets must be (T >= 1, {n}), got {targets.shape}")
-        result = self._filter(q, dq, targets)
+        reference = q if measured is None else _array("measured", measured, (n,))
+        result = self._filter(q, dq, targets, reference)
         self._count(result)
         return result
 
@@ -220,7 +225,7 @@ class SafetyFilter:
                 "jerk_yielded", "brakes"]
         return {k: self._counts[k] for k in keys}
 
-    def _filter(self, q: np.ndarray, dq: np.ndarray, targets: np.ndarray) -> FilterResult:
+    def _filter(self, q: np.ndarray, dq: np.ndarray, targets: np.ndarray, reference: np.ndarray) -> FilterResult:
         n = self.limits.n
         if not np.isfinite(q).all():
             return FilterResult(np.empty((0, n)), Intervention.REJECTED_NONFINITE_STATE, infeasible_start=True,
@@ -236,12 +241,12 @@ class SafetyFilter:
                                 braking=True, infeasible_start=infeasible,
                                 detail=f"non-finite targets ({int(bad.sum())} values) in "
                                        f"{self._where(bad.any(axis=0))}: braking")
-        jump = np.abs(targets[0] - q)
-        if (jump > self.max_first_jump).any():
+        jump = np.abs(targets[0] - reference)
+        if not np.isfinite(reference).all() or (jump > self.max_first_jump).any():
             j = int(np.argmax(jump / self.max_first_jump))
             return FilterResult(brake_trajectory(self.limits, self.dt, q, dq), Intervention.REJECTED_JUMP,
                                 braking=True, infeasible_start=infeasible,
-                                detail=f"first point {jump[j]:.4g} from q in {self.limits.names[j]} "
+                                detail=f"first point {jump[j]:.4g} from the arm in {self.limits.names[j]} "
                                        f"(max {self.max_first_jump[j]:.4g}): braking")
         passed = limit_chunk(self.limits, self.dt, q, dq, targets)
         n_clipped = int(passed.clipped.any(axis=1).sum())
