@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,30 @@ def test_sil_runs_episodes_over_ros_and_records_a_bag(checkpoint: Path, tmp_path
     assert all(np.isfinite(p).all() for p in positions)
 
 
+def _udp_sockets(pid: int) -> list[tuple[str, int]]:
+    """(local address, port) of every UDP socket process ``pid`` holds (Linux /proc): its socket inodes from
+    /proc/PID/fd, looked up in /proc/PID/net/udp and udp6."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("udp", "udp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                hex_addr, hex_port = fields[1].split(":")
+                raw = bytes.fromhex(hex_addr)
+                # IPv4 in little-endian hex; an IPv6 socket is reported as its hex (the profile opens none)
+                addr = ".".join(str(b) for b in raw[::-1]) if table == "udp" else raw.hex()
+                found.append((addr, int(hex_port, 16)))
+    return found
+
+
 def _start(module: str, params: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", module, "--ros-args"]
     for p in params:
@@ -112,8 +137,15 @@ def test_lifecycle_from_another_process_estop_latched_and_malformed_rejected(che
     node = _start("robot_policy_ros.policy_node", [f"policy:={checkpoint}", "object_state_dim:=12",
                                                     "diagnostics_period_s:=0.2"], env, tmp_path / "policy_node.log")
     try:
-        rc = subprocess.run([sys.executable, str(script)], env=env, timeout=180, capture_output=True, text=True,
-                            check=False)
+        driver = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while "configured:" not in (tmp_path / "policy_node.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # while both talk over DDS: every UDP socket of either process is bound to 127.0.0.1
+        sockets = _udp_sockets(node.pid) + _udp_sockets(driver.pid)
+        out, err = driver.communicate(timeout=180)
+        rc = subprocess.CompletedProcess(driver.args, driver.returncode, out, err)
     finally:
         node.send_signal(2)
         try:
@@ -122,6 +154,8 @@ def test_lifecycle_from_another_process_estop_latched_and_malformed_rejected(che
             node.kill()
     log = (tmp_path / "policy_node.log").read_text()
     assert rc.returncode == 0, rc.stdout + rc.stderr + log
+    assert len(sockets) >= 2, sockets  # DDS participants were up when looked at
+    assert all(addr == "127.0.0.1" for addr, _port in sockets), sockets
     report = json.loads(rc.stdout.strip().splitlines()[-1])
     # inactive: nothing sent, although observations flowed
     assert report["sent_while_inactive"] == 0
