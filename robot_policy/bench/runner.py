@@ -7,6 +7,9 @@ the benchmark's section of BENCHMARKS.md.
   infer   chunk latency p50/p95 per sampler and model size; training samples/s
   success collate evaluations already run (evals=[dir,...]) into a success table with how each
           policy was trained: demos, steps, training time, commands
+  runtime control-loop period error and periods met at 200 Hz in process and over ROS 2 while a policy
+          infers, observation-to-command latency, success against injected inference delay per execution
+          scheme (checkpoint=DIR, a trained one)
 
 Options are the fields of each benchmark's config, e.g. `robot-policy bench data seconds=3`.
 `robot-policy bench NAME --help` lists them.
@@ -134,6 +137,19 @@ def _sim(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
     return "Simulation: control steps per second", rows, r, notes
 
 
+def _runtime(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
+    import os
+
+    from robot_policy.bench.runtime import RuntimeBenchConfig, run_runtime_bench, runtime_notes, runtime_rows
+
+    # one thread per process on shared cores; the ROS nodes inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = parse_overrides(RuntimeBenchConfig, overrides, "bench runtime")
+    r = run_runtime_bench(cfg)
+    return ("Runtime: control loop timing, observation to command, success against inference delay",
+            runtime_rows(r, cfg), r, runtime_notes(r, cfg))
+
+
 @dataclasses.dataclass
 class SuccessBenchConfig:
     """Options of ``robot-policy bench success``: collate evaluations already run (nothing is re-run)."""
@@ -194,6 +210,7 @@ BENCHES: dict[str, tuple[Callable[[list[str]], tuple[str, list[Row], dict[str, A
     "sim": (_sim, "robot_policy.bench.sim:SimBenchConfig"),
     "success": (_success, "robot_policy.bench.runner:SuccessBenchConfig"),
     "infer": (_infer, "robot_policy.bench.infer:InferBenchConfig"),
+    "runtime": (_runtime, "robot_policy.bench.runtime:RuntimeBenchConfig"),
 }
 
 

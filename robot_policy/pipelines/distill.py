@@ -66,7 +66,7 @@ from robot_policy.pipelines.distill_teacher import (
 )
 from robot_policy.spaces.unified import UNIFIED_DIM
 from robot_policy.train.ema import EMA
-from robot_policy.train.loop import TrainingInterrupted, _Logger, _StopOnSignal
+from robot_policy.train.loop import RunLogger, StopOnSignal, TrainingInterrupted
 from robot_policy.train.schedule import make_scheduler
 
 #: the final evaluation's summary, in the run directory
@@ -201,7 +201,7 @@ def distill(cfg: DistillRunConfig, algo: DistillConfig, task: TaskConfig, comman
     (run.run_dir / "distill_config.json").write_text(json.dumps(
         {"run": dataclasses.asdict(cfg), "distill": dataclasses.asdict(run.algo), "task": dataclasses.asdict(task),
          "command": command}, indent=2, default=str))
-    logger = _Logger(run.run_dir, run.start_step, enabled=True)
+    logger = RunLogger(run.run_dir, run.start_step, enabled=True)
     try:
         if run.start_step < cfg.train_steps:
             (run.run_dir / SUMMARY).unlink(missing_ok=True)  # it describes an earlier step
@@ -370,7 +370,7 @@ def validation_mse(run: _Run) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _loop(run: _Run, logger: _Logger) -> None:
+def _loop(run: _Run, logger: RunLogger) -> None:
     """Steps ``start_step`` .. ``train_steps``: log, validate and checkpoint; on a signal, save the step that
     finished and raise :class:`TrainingInterrupted`."""
     cfg = run.cfg
@@ -383,7 +383,7 @@ def _loop(run: _Run, logger: _Logger) -> None:
     window: list[tuple[float, dict[str, float]]] = []
     t_window = t_start
     try:
-        with _StopOnSignal() as stop:
+        with StopOnSignal() as stop:
             for step in range(run.start_step, cfg.train_steps):
                 loss, parts, grad_norm = _train_step(run, step)
                 window.append((loss, parts))

@@ -260,7 +260,7 @@ def _is_json(line: str) -> bool:
     return True
 
 
-class _Logger:
+class RunLogger:
     """metrics.jsonl + TensorBoard on rank 0; entries past ``start_step`` from a crashed run are dropped.
 
     Entries at ``start_step`` itself stay: they were logged before that step's checkpoint was written.
@@ -317,7 +317,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-class _StopOnSignal:
+class StopOnSignal:
     """SIGINT/SIGTERM handlers for the loop: the first signal only records itself, so the step in progress
     finishes and the loop saves it; a second one raises KeyboardInterrupt at once (the user insists).
 
@@ -428,7 +428,7 @@ class _Run:
 
 def _train(cfg: TrainConfig, policy: RDTConfig, ctx: DistributedContext, command: str | None) -> Path:
     run = _setup(cfg, policy, ctx, command)
-    logger = _Logger(run.run_dir, run.start_step, ctx.is_main)
+    logger = RunLogger(run.run_dir, run.start_step, ctx.is_main)
     if ctx.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "train_config.json").write_text(json.dumps(run.config_json, indent=2))
@@ -510,13 +510,13 @@ class _Window:
         self.loss_sum, self.n, self.samples = self.loss_sum + loss, self.n + 1, self.samples + samples
 
 
-def _loop(run: _Run, logger: _Logger, bar: tqdm) -> None:
+def _loop(run: _Run, logger: RunLogger, bar: tqdm) -> None:
     """Steps ``run.start_step`` .. ``cfg.steps``: log, validate and checkpoint as configured; on a signal,
     log and save the step that finished, then raise :class:`TrainingInterrupted`."""
     cfg, ctx = run.cfg, run.ctx
     t_start = time.perf_counter()
     window = _Window(t_start)
-    with _StopOnSignal() as stop:
+    with StopOnSignal() as stop:
         for step, batch in zip(range(run.start_step, cfg.steps), run.loader):
             loss_value, grad_norm = _train_step(run, step, batch)
             window.add(loss_value, cfg.batch_size)
@@ -564,7 +564,7 @@ def _train_step(run: _Run, step: int, batch: dict[str, Any]) -> tuple[float, tor
     return loss_value, grad_norm
 
 
-def _log_window(run: _Run, logger: _Logger, bar: tqdm, window: _Window, done: int,
+def _log_window(run: _Run, logger: RunLogger, bar: tqdm, window: _Window, done: int,
                 loss_last: float, grad_norm: torch.Tensor, t_start: float) -> _Window:
     """The log entry of step ``done`` for the steps of ``window``; returns the next (empty) window."""
     now = time.perf_counter()
