@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -194,7 +193,6 @@ def main(argv: list[str] | None = None) -> None:
         node._release()
         node.destroy_node()
         rclpy.try_shutdown()
-        time.sleep(0.0)
 
 
 if __name__ == "__main__":
