@@ -10,7 +10,7 @@ import sys
 
 from robot_policy.cli.common import ConfigError, fail, verb_help
 
-SUMMARY = "benchmarks (data, sim, infer, success): JSON + BENCHMARKS.md"
+SUMMARY = "benchmarks (data, sim, infer, success, runtime): JSON + BENCHMARKS.md"
 
 
 def main(argv: list[str]) -> int:

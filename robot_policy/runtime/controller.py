@@ -127,7 +127,10 @@ class _Plan:
             return self.points[0].copy(), self.origin_vel.copy()
         k = int(s)
         w = s - k
-        vel = (self.points[k + 1] - self.points[k]) / dt
+        # the velocity the arm has at t is that of the segment it ran up to t: at a point (w == 0) the one
+        # that ends there, not the next one (which the new plan replaces)
+        j = k - 1 if w == 0 else k
+        vel = (self.points[j + 1] - self.points[j]) / dt
         return self.points[k] + w * (self.points[k + 1] - self.points[k]), vel
 
 
@@ -178,6 +181,7 @@ class PolicyController:
         self._counts: collections.Counter[str] = collections.Counter()
         self._last_malformed = ""
         self._mode = Mode.HOLD
+        self._new_chunk = False
 
     def _margins(self, spec: Any) -> np.ndarray:
         # the joint margin on arm joints only: a gripper's range is its whole travel (0 = closed is needed)
@@ -236,6 +240,7 @@ class PolicyController:
     def tick(self, now: float) -> Command | None:
         """The command to send this period (None: nothing new to send; the arm follows or holds the last)."""
         t0 = time.perf_counter()
+        self._new_chunk = False
         if self._last_tick is not None:
             self._period_errors.append(now - self._last_tick - 1.0 / self.loop_hz)
         self._last_tick = now
@@ -264,9 +269,24 @@ class PolicyController:
             # why control stopped, by kind ("observation stale", "queue empty", ...), for diagnostics
             self._counts["hold_" + self.watchdog.reason.split(":")[0].split(" (")[0].replace(" ", "_")] += 1
         self._mode = mode
-        command = self._run(now) if mode == Mode.RUN else self._hold(now)
+        if mode == Mode.RUN:
+            command = self._run(now) if self._replan_due(now) else None
+        else:
+            command = self._hold(now)
         self._tick_compute.append(time.perf_counter() - t0)
         return command
+
+    def _replan_due(self, now: float) -> bool:
+        """Whether this RUN period sends a new plan. At the chunks' rate, every period (each plan starts at a
+        chunk step, from the state the last one reached there, so the filter's bounds chain exactly). Faster
+        (e.g. 200 Hz), only when something changed: a chunk arrived, control resumed after a hold, or the plan
+        is about to run out; re-filtering the same queue every 5 ms from mid-step states would re-apply the
+        acceleration bound per tick and let the executed trajectory exceed it."""
+        if self.loop_hz <= self.control_hz * (1 + 1e-9):
+            return True
+        if self._plan is None or self._holding or self._new_chunk:
+            return True
+        return bool(now + self.dt >= self._plan.command.times[-1])
 
     def _accept(self, result: InferenceResult, now: float) -> None:
         rows = native_rows(self.interface, result.chunk.unified)
@@ -278,6 +298,7 @@ class PolicyController:
         else:
             self.scheduler.add(rows, result.obs_time, self.control_hz, now=now)
             self.watchdog.chunk_arrived(now, result.obs_time)
+            self._new_chunk = True
         for o in self._pending_observations:  # the steps that ran while it was inferring, in order
             observe(self.policy, o)
         self._pending_observations.clear()
