@@ -59,7 +59,8 @@ class ControllerConfig:
     #: jerk_max = jerk_per_acc * acc_max (1/s). Franka's datasheet: 7500 rad/s^3 against 15 rad/s^2 on joint 1
     #: (500x; the same ratio on every joint). The scripted demonstrations reach 1.6x of 10x at 20 Hz.
     jerk_per_acc: float = 500.0
-    #: a chunk whose first command is farther than this from the last command is rejected
+    #: a chunk whose first command is farther than this from the arm (its measured joints) is rejected, and
+    #: the queue dropped so the next inference starts from the arm's state
     max_first_jump: float = 0.3
     #: chunk blending: none | temporal_ensemble | rtc
     scheduler: str = "none"
@@ -76,7 +77,6 @@ class ControllerConfig:
     #: lockstep: tick waits for the inference it starts (the world stands still meanwhile, as in
     #: robot-policy eval); for deterministic in-process runs and tests, never on a robot
     synchronous: bool = False
-
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("none", "temporal_ensemble", "rtc"):
