@@ -1,4 +1,5 @@
-"""robot-policy dataset {info,stats,validate} PATH: inspect and check an episode store.
+"""robot-policy dataset {info,stats,validate} PATH: inspect and check an episode store;
+robot-policy dataset {import,export} FORMAT PATH key=value ...: convert from and to other formats.
 
   info PATH               episodes, steps, keys, cameras, embodiment, provenance
   stats PATH [--out F]    per-dimension mean/std/min/max/q01/q99 of state, action (and object_state);
@@ -7,6 +8,17 @@
                           every committed row, values); exit 1 listing each problem (key and index), 0 when
                           valid (warnings are printed but do not fail). --deep also recomputes each
                           episode's content hash and names the episodes whose rows changed.
+  import FORMAT SRC out=STORE mapping=NAME [overwrite=true]
+                          a LeRobot v3.0 dataset (lerobot), a rosbag2 bag (rosbag: mcap or sqlite3) or a
+                          robomimic HDF5 file (robomimic) into a store, through a mapping (configs/mapping/
+                          NAME.yaml or a YAML path) that says which feature or topic fills which native field.
+                          Streams episode by episode with a progress bar; an interrupted import leaves a valid
+                          store, and rerunning the same command appends the rest. Prints what was mapped,
+                          what was dropped and why (rosbag: the alignment skew of each stream).
+  export FORMAT STORE out=DIR [key=value ...]
+                          a store as a LeRobot v3.0 dataset (lerobot: vcodec=libsvtav1|h264, crf=30) or a
+                          rosbag2 bag (rosbag: storage=mcap|sqlite3, images=raw|png|jpeg). `export FORMAT
+                          --help` lists the options.
 """
 
 from __future__ import annotations
@@ -21,10 +33,17 @@ from rich.table import Table
 
 from robot_policy.cli.common import fail
 
-SUMMARY = "inspect, summarise and validate episode stores (info, stats, validate)"
+SUMMARY = "inspect, summarise and validate episode stores (info, stats, validate); import, export other formats"
+
+#: format -> (module, import function, export function, export config class); imported when used
+FORMATS: dict[str, tuple[str, str, str | None, str | None]] = {
+    "lerobot": ("robot_policy.data.interop.lerobot", "import_lerobot", "export_lerobot", "LeRobotExportConfig"),
+}
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["import"], ["export"]):
+        return _convert(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="robot-policy dataset", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,4 +134,54 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{args.path}: INVALID ({len(errors)} error(s), {len(problems) - len(errors)} warning(s))")
         return 1
     print(f"{args.path}: valid" + (f" ({len(problems)} warning(s))" if problems else ""))
+    return 0
+
+
+def _convert(direction: str, argv: list[str]) -> int:
+    """``import FORMAT SRC key=value ...`` / ``export FORMAT STORE key=value ...``."""
+    import importlib
+
+    from robot_policy.configuration import ConfigError, parse_overrides
+    from robot_policy.data.interop.importer import ImportConfig
+    from robot_policy.data.interop.mapping import MappingError
+    from robot_policy.data.store import StoreError
+
+    args = "SRC out=STORE mapping=NAME" if direction == "import" else "STORE out=PATH"
+    usage = f"robot-policy dataset {direction} FORMAT {args} [key=value ...]"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {usage}\nformats: {', '.join(FORMATS)}\n\n{__doc__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in FORMATS:
+        return fail(f"dataset {direction}: unknown format {name!r}; formats: {', '.join(FORMATS)}")
+    module_name, import_fn, export_fn, export_cfg = FORMATS[name]
+    if direction == "export" and export_fn is None:
+        return fail(f"dataset export: {name} is import-only; export formats: "
+                    f"{', '.join(f for f, v in FORMATS.items() if v[2])}")
+    module = importlib.import_module(module_name)
+    schema = ImportConfig if direction == "import" else getattr(module, str(export_cfg))
+    if "-h" in rest or "--help" in rest:
+        from robot_policy.cli.common import options_help
+
+        print(f"usage: {usage}\n\n{options_help(schema)}")
+        return 0
+    paths = [a for a in rest if "=" not in a]
+    if len(paths) != 1:
+        return fail(f"usage: {usage} (got {len(paths)} paths: {paths})")
+    src = Path(paths[0])
+    if not src.exists():
+        return fail(f"{src}: no such {'file or directory' if direction == 'import' else 'store'}")
+    try:
+        cfg = parse_overrides(schema, [a for a in rest if "=" in a], where=f"dataset {direction} {name}")
+    except (ConfigError, ValueError) as e:
+        return fail(str(e))
+    try:
+        if direction == "import":
+            summary = getattr(module, import_fn)(src, cfg.out, cfg.mapping, overwrite=cfg.overwrite)
+            print(summary.describe())
+        else:
+            result = getattr(module, str(export_fn))(src, cfg)
+            print(json.dumps(result, indent=1))
+    except (MappingError, StoreError) as e:
+        return fail(str(e), code=1)
     return 0
