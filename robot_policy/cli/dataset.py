@@ -38,6 +38,7 @@ SUMMARY = "inspect, summarise and validate episode stores (info, stats, validate
 #: format -> (module, import function, export function, export config class); imported when used
 FORMATS: dict[str, tuple[str, str, str | None, str | None]] = {
     "lerobot": ("robot_policy.data.interop.lerobot", "import_lerobot", "export_lerobot", "LeRobotExportConfig"),
+    "rosbag": ("robot_policy.data.interop.rosbag", "import_rosbag", "export_rosbag", "RosbagExportConfig"),
 }
 
 
