@@ -280,6 +280,6 @@ def test_cli_export_then_import(store_path: Path, tmp_path: Path, capsys: pytest
     assert "imported 2 episode(s), 204 steps" in out and "images/front" in out
     assert_lowdim_equal(EpisodeStore.open(store_path), EpisodeStore.open(tmp_path / "back.zarr"))
     assert main(["dataset", "import", "hdf9", str(tmp_path / "lr"), "out=x.zarr"]) == 2
-    assert "unknown format 'hdf9'; formats: lerobot, rosbag" in capsys.readouterr().err
+    assert "unknown format 'hdf9'; formats: lerobot, rosbag, robomimic" in capsys.readouterr().err
     assert main(["dataset", "export", "lerobot", str(store_path), "out=" + str(tmp_path / "lr2"), "vcodec=vp9"]) == 2
     assert "vcodec: unknown 'vp9'" in capsys.readouterr().err

@@ -31,6 +31,10 @@ def test_every_shipped_mapping_loads(name: str) -> None:
     assert np.all(state_mask <= m.embodiment.state.mask) and state_mask.sum() > 0 and action_mask.sum() > 0
 
 
+def test_shipped_mappings_cover_the_three_sources() -> None:
+    assert {load_mapping(n).source for n in available_mappings()} == {"lerobot", "rosbag", "robomimic"}
+
+
 def test_unmapped_native_field_is_an_error_naming_it() -> None:
     raw = _raw("lerobot_aloha_sim")
     del raw["state"]["right_arm_qvel"]

@@ -39,6 +39,7 @@ SUMMARY = "inspect, summarise and validate episode stores (info, stats, validate
 FORMATS: dict[str, tuple[str, str, str | None, str | None]] = {
     "lerobot": ("robot_policy.data.interop.lerobot", "import_lerobot", "export_lerobot", "LeRobotExportConfig"),
     "rosbag": ("robot_policy.data.interop.rosbag", "import_rosbag", "export_rosbag", "RosbagExportConfig"),
+    "robomimic": ("robot_policy.data.interop.robomimic", "import_robomimic", None, None),
 }
 
 
