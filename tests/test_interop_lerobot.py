@@ -283,3 +283,24 @@ def test_cli_export_then_import(store_path: Path, tmp_path: Path, capsys: pytest
     assert "unknown format 'hdf9'; formats: lerobot, rosbag, robomimic" in capsys.readouterr().err
     assert main(["dataset", "export", "lerobot", str(store_path), "out=" + str(tmp_path / "lr2"), "vcodec=vp9"]) == 2
     assert "vcodec: unknown 'vp9'" in capsys.readouterr().err
+
+
+def test_import_killed_mid_commit_resumes_to_the_same_store(store_path: Path, exported: tuple[Path, dict],
+                                                           tmp_path: Path) -> None:
+    """SIGKILL between the two writes of the first episode's commit (the store's trickiest partial state),
+    then the same command again: a valid store with every episode, bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    root, _ = exported
+    cmd = [sys.executable, "-m", "robot_policy.cli.main", "dataset", "import", "lerobot", str(root),
+           f"out={tmp_path / 'k.zarr'}"]
+    killed = subprocess.run(cmd, check=False, env={**os.environ, "ROBOT_POLICY_FAULT": "episode_ends_resized"},
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert EpisodeStore.open(tmp_path / "k.zarr").n_episodes == 0
+    assert [p for p in validate_store(tmp_path / "k.zarr") if p.severity == "error"] == []
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_lowdim_equal(EpisodeStore.open(store_path), EpisodeStore.open(tmp_path / "k.zarr"))

@@ -242,6 +242,10 @@ def export_lerobot(store_path: str | Path, cfg: LeRobotExportConfig, progress: b
     ts_all = np.asarray(store.array(fmt.TIMESTAMP)[: store.n_steps])
     exact_ts = not all(lerobot_timestamps(ts_all[a:b], int(fps))[1] for a, b in
                        (store.episode_bounds(i) for i in range(store.n_episodes)))
+    odd = [f"{cam} ({c.height}x{c.width})" for cam, c in store.cameras.items() if c.height % 2 or c.width % 2]
+    if odd:
+        raise StoreError(f"{store_path}: camera(s) {', '.join(odd)} have an odd size; yuv420p video (what LeRobot "
+                         "writes) needs even heights and widths")
     features, columns = _export_features(store, exact_ts)
     writer = _DatasetWriter(out, int(fps), features, cfg, robot_type=store.embodiment.name)
     meta = store.episode_meta()
