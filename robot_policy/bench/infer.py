@@ -1,19 +1,20 @@
-"""Inference latency and training throughput of RDT-style policies on this machine (``robot-policy bench infer``).
+"""Inference latency per deployment backend and training throughput of RDT-style policies on this machine
+(``robot-policy bench infer``).
 
-Chunk latency: one full ``model.sample`` call at batch 1 (observation encoder, sampler construction from
-its name, every denoiser call and scheduler update), timed up to ``repeats`` times after warm-up, per policy
-config and sampler; the samplers take turns, so load changes on a shared machine hit them alike. The policy
-is built from its config with random weights and conditioned like the task's policy would be: the task's
-state and object state (taken from one real reset of the task), its control rate and its instruction; no
-cameras. A denoiser call (``model.denoise`` with the conditions encoded once) is also timed on its own,
-so chunk time ~= encode + steps x call + sampler overhead (scheduler updates, construction, glue).
+Chunk latency (:mod:`robot_policy.bench.backends`): per policy config, the policy is built from its config
+with random weights and conditioned like the task's policy would be (the task's state and object state from
+one real reset, its control rate and its instruction; no cameras), saved as a checkpoint, exported once to a
+deploy bundle and run on each backend (torch eager, torch.compile, ONNX Runtime; TensorRT where it and a
+GPU exist): ``predict_chunk`` at batch 1 per sampler, ``sample_chunk`` at the RL batch sizes for the
+fastest samplers, one denoiser call, its FLOPs and their share of this CPU's matmul peak, and the ratios
+the issue's targets are stated in, all from one run.
 
 Training throughput: optimisation steps as ``train()`` runs them (the step's randomness drawn from
 ``(seed, step)``, condition dropout and state noise, ``compute_loss`` through ``DiffusionLoss``, backward,
 gradient clipping, AdamW, cosine schedule, EMA update) on one synthetic batch of TrainConfig's
 global batch size; data loading is not included (``bench data`` measures it).
 
-Absolute numbers depend on the machine and its load; ratios between samplers in one run are what carry over.
+Absolute numbers depend on the machine and its load; ratios between cases of one run are what carry over.
 """
 
 from __future__ import annotations
@@ -24,27 +25,29 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 import torch
 from torch import Tensor
 
 from robot_policy.algorithms.bc import BCConfig, DiffusionLoss, StepRandomness
+from robot_policy.bench.backends import LatencyPlan, latency_rows, latency_tables, measure_backends, stats_ms
+from robot_policy.bench.report import Row
 from robot_policy.configuration import field_defaults
 from robot_policy.data import format as fmt
 from robot_policy.data.normalizer import Normalizer
 from robot_policy.envs.registry import available_tasks, make_env
 from robot_policy.keys import ACTION_MASK, CTRL_FREQ, LANGUAGE_ID, OBS_OBJECT, OBS_STATE, OBS_STATE_MASK
 from robot_policy.models import checkpoint as ckpt
-from robot_policy.models.diffusion import SAMPLERS, Sampler
+from robot_policy.models.diffusion import SAMPLERS
 from robot_policy.models.inputs import LanguageTable, make_model_inputs, normalized_actions
 from robot_policy.models.params import count_parameters
 from robot_policy.models.rdt import RDTConfig, RDTPolicyModel, available_policy_configs, load_policy_config
 from robot_policy.models.text import make_text_encoder, save_text_embeddings
-from robot_policy.policies.diffusion import DiffusionPolicy
+from robot_policy.runtime.backends import backend_names
 from robot_policy.spaces.unified import UNIFIED_DIM
 from robot_policy.train.ema import EMA
 from robot_policy.train.loop import TrainConfig
@@ -60,23 +63,40 @@ class InferBenchConfig:
 
     #: policy configs (``configs/policy/<name>.yaml``) timed for chunk latency, built with random weights
     models: list[str] = field(default_factory=lambda: ["rdt_small", "rdt_170m"])
-    #: samplers as ``kind:steps``; kinds: ddpm, ddim, dpmsolver++
-    samplers: list[str] = field(default_factory=lambda: ["ddpm:100", "ddim:10", "dpmsolver++:5"])
+    #: samplers timed at batch 1, as ``kind:steps`` (kinds: ddpm, ddim, dpmsolver++); ddim:1 and ddim:2 are
+    #: what a distilled student-1 / student-2 runs
+    samplers: list[str] = field(default_factory=lambda: ["ddpm:100", "ddim:10", "dpmsolver++:5", "ddim:2",
+                                                         "ddim:1"])
+    #: deployment backends (robot_policy.runtime.backends); tensorrt is reported unmeasured without a GPU
+    backends: list[str] = field(default_factory=lambda: ["torch", "torch.compile", "onnxruntime", "tensorrt"])
+    #: samplers also timed at ``batches`` (the RL rollouts' batched call), as ``kind:steps``
+    batch_samplers: list[str] = field(default_factory=lambda: ["ddim:1", "ddim:2"])
+    #: batch sizes of the RL rows
+    batches: list[int] = field(default_factory=lambda: [8, 32])
     #: the task whose observation, instruction and control rate condition the policy
     task: str = "pybullet_bimanual_lift"
-    #: timed chunks per (model, sampler)...
-    repeats: int = 20
+    #: timed chunks per case (model, backend, sampler, batch)...
+    repeats: int = 100
     #: ...but stop once a case's timed chunks took this long (s), after at least ``min_repeats``
-    max_seconds: float = 20.0
+    max_seconds: float = 10.0
     #: timed chunks per case at least, whatever max_seconds says
     min_repeats: int = 2
     #: untimed chunks per case before timing, with the same sampler at <= ``warmup_steps`` steps (same code
-    #: path and shapes; a full-length warm-up of a 100-step DDPM chunk of a large model would cost minutes)
+    #: path and shapes; torch.compile compiles here)
     warmup: int = 1
     #: at most this many denoising steps per warm-up chunk
     warmup_steps: int = 5
-    #: timed denoiser calls per model, at least (one is timed before every chunk)
+    #: timed denoiser calls per (model, backend), at least (one is timed per round of chunks)
     call_repeats: int = 20
+    #: a batch-1 chunk estimated to take longer than this (s; steps x the backend's denoiser call) is
+    #: reported as steps x call p50 + the chunk with a no-op denoiser, labelled extrapolated
+    extrapolate_above_s: float = 20.0
+    #: real chunks still timed per extrapolated case, as a check of the extrapolation (0 = none)
+    extrapolated_full_chunks: int = 1
+    #: n of the n x n float32 matmuls (torch and ONNX Runtime) that measure this CPU's peak GFLOP/s
+    peak_size: int = 2048
+    #: matmuls timed for the peak before and after each model's cases
+    peak_repeats: int = 5
     #: policy configs timed for training samples/s
     train_models: list[str] = field(default_factory=lambda: ["rdt_tiny", "rdt_small"])
     #: global batch; None = TrainConfig's batch_size (``robot-policy train``'s default)
@@ -85,34 +105,54 @@ class InferBenchConfig:
     train_steps: int = 5
     #: untimed optimisation steps per model before timing
     train_warmup: int = 1
-    #: torch intra-op threads; None = every core of the machine
+    #: intra-op threads of torch and of each ONNX Runtime session; None = every core of the machine
     torch_threads: int | None = None
     #: weights, noise and batches
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.models, self.samplers, self.train_models = list(self.models), list(self.samplers), list(self.train_models)
-        for spec in self.samplers:
+        self.backends, self.batch_samplers, self.batches = (list(self.backends), list(self.batch_samplers),
+                                                            list(self.batches))
+        for spec in self.samplers + self.batch_samplers:
             parse_sampler(spec)
         known = available_policy_configs()
         for name in self.models + self.train_models:
             if name not in known:
                 raise ValueError(f"models/train_models: unknown policy config {name!r}; available: {', '.join(known)}")
+        for name in self.backends:
+            if name not in backend_names():
+                raise ValueError(f"backends: unknown {name!r}; available: {', '.join(backend_names())}")
         if self.task not in available_tasks():
             raise ValueError(f"task: unknown {self.task!r}; available: {', '.join(available_tasks())}")
-        for name in ("repeats", "min_repeats", "call_repeats", "train_steps", "warmup_steps"):
+        for name in ("repeats", "min_repeats", "call_repeats", "train_steps", "warmup_steps", "peak_size",
+                     "peak_repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if any(b < 1 for b in self.batches):
+            raise ValueError(f"batches: every batch size must be >= 1, got {self.batches}")
         if self.min_repeats > self.repeats:
             raise ValueError(f"min_repeats: {self.min_repeats} exceeds repeats {self.repeats}")
-        if self.warmup < 0 or self.train_warmup < 0:
-            raise ValueError(f"warmup and train_warmup must be >= 0, got {self.warmup}, {self.train_warmup}")
-        if self.max_seconds <= 0:
-            raise ValueError(f"max_seconds: must be > 0, got {self.max_seconds}")
+        for name in ("warmup", "train_warmup", "extrapolated_full_chunks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("max_seconds", "extrapolate_above_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads: must be >= 1 or null, got {self.torch_threads}")
         if self.train_batch_size is not None and self.train_batch_size < 1:
             raise ValueError(f"train_batch_size: must be >= 1 or null, got {self.train_batch_size}")
+
+    def plan(self, threads: int) -> LatencyPlan:
+        """The backend measurement's plan at ``threads`` intra-op threads."""
+        def labelled(specs: list[str]) -> dict[str, tuple[str, int]]:
+            return {sampler_label(*parse_sampler(spec)): parse_sampler(spec) for spec in specs}
+
+        return LatencyPlan(labelled(self.samplers), self.backends, labelled(self.batch_samplers), self.batches,
+                           threads, self.repeats, self.min_repeats, self.max_seconds, self.warmup,
+                           self.warmup_steps, self.call_repeats, self.extrapolate_above_s,
+                           self.extrapolated_full_chunks, self.peak_size, self.peak_repeats, self.seed)
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
@@ -125,13 +165,9 @@ def parse_sampler(spec: str) -> tuple[str, int]:
 
 
 def sampler_label(kind: str, steps: int) -> str:
-    return f"{_LABELS[kind]}-{steps}"
-
-
-def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "mean_ms": float(ms.mean()), "n": int(ms.size)}
+    """``DDPM-100``; a 1- or 2-step DDIM is what a distilled student runs: ``student-1 (DDIM-1)``."""
+    label = f"{_LABELS[kind]}-{steps}"
+    return f"student-{steps} ({label})" if kind == "ddim" and steps <= 2 else label
 
 
 def time_calls(fn: Callable[[], Any], repeats: int, max_seconds: float, min_repeats: int = 1) -> list[float]:
@@ -259,85 +295,23 @@ def write_checkpoint(model: RDTPolicyModel, normalizer: Normalizer, ti: TaskInpu
 # --- measurements ------------------------------------------------------------------------------------
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-@torch.no_grad()
-def measure_latency(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[str, Any]:
-    """Chunk latency per sampler and the time of one denoiser call, batch 1.
-
-    The samplers are timed in rounds (one chunk of each per round) with a denoiser call and an encoder call
-    before every chunk, so a change in the machine's load over the run hits every sampler alike and the
-    per-call time is sampled over the same period as the chunks.
-    """
+def measure_latency(name: str, cfg: InferBenchConfig, ti: TaskInputs, plan: LatencyPlan,
+                    say: Callable[[str], None]) -> dict[str, Any]:
+    """The backend table of policy config ``name`` (:func:`robot_policy.bench.backends.measure_backends`) on
+    the task's observation, with its sizes."""
     policy = policy_for_task(name, ti.object_state_dim)
     torch.manual_seed(cfg.seed)
     model = RDTPolicyModel(policy).eval()
     normalizer = unit_normalizer(ti.object_state_dim, ti.obs[OBS_STATE_MASK], ti.action_mask)
-    inputs = make_model_inputs(observation_batch(ti, policy.obs_encoder.n_obs_steps), normalizer,
-                               language_table(policy, ti.instruction, cfg.seed))
-    noise = torch.randn(1, policy.horizon, UNIFIED_DIM, generator=torch.Generator().manual_seed(cfg.seed))
-    cond = model.encode(inputs)
-    t = torch.full((1,), policy.diffusion.num_train_timesteps - 1, dtype=torch.long)
-
-    def call() -> None:
-        model.denoise(noise, t, cond)
-
-    def encode() -> None:
-        model.encode(inputs)
-
-    for _ in range(3):  # first calls allocate and pick kernels
-        call()
-    plans = {sampler_label(*parse_sampler(spec)): parse_sampler(spec) for spec in cfg.samplers}
-    chunk = {label: partial(model.sample, inputs, noise=noise, sampler=kind, num_steps=steps)
-             for label, (kind, steps) in plans.items()}
-    build = {label: [_timed(partial(Sampler, policy.diffusion, kind, steps)) for _ in range(5)]
-             for label, (kind, steps) in plans.items()}
-    for label, (kind, steps) in plans.items():
-        for _ in range(cfg.warmup):
-            model.sample(inputs, noise=noise, sampler=kind, num_steps=min(steps, cfg.warmup_steps))
-    # What a deployment calls: predict_chunk of the loaded checkpoint (history, normalisation, the model's
-    # inputs, sampling, unnormalisation, ActionChunk), with the same weights and observation.
+    language = language_table(policy, ti.instruction, cfg.seed)
+    # what predict_chunk builds from this observation (a fresh history repeats it To times)
+    inputs = make_model_inputs(observation_batch(ti, policy.obs_encoder.n_obs_steps), normalizer, language)
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
-        path = write_checkpoint(model, normalizer, ti, language_table(policy, ti.instruction, cfg.seed), Path(tmp))
-        policies = {label: DiffusionPolicy.from_checkpoint(path, sampler=kind, num_steps=steps)
-                    for label, (kind, steps) in plans.items()}
-    for label, p in policies.items():
-        p.reset(cfg.seed)
-        for _ in range(cfg.warmup):
-            p.predict_chunk(ti.obs)
-    predict = {label: partial(p.predict_chunk, ti.obs) for label, p in policies.items()}
-    times: dict[str, list[float]] = {label: [] for label in plans}
-    policy_times: dict[str, list[float]] = {label: [] for label in plans}
-    calls: list[float] = []
-    encodes: list[float] = []
-
-    def enough(ts: list[float]) -> bool:
-        return len(ts) >= cfg.repeats or (len(ts) >= cfg.min_repeats and sum(ts) >= cfg.max_seconds)
-
-    while active := [label for label in plans if not enough(times[label])]:
-        for label in active:
-            calls.append(_timed(call))
-            encodes.append(_timed(encode))
-            times[label].append(_timed(chunk[label]))
-            policy_times[label].append(_timed(predict[label]))
-    while len(calls) < cfg.call_repeats:
-        calls.append(_timed(call))
-    out: dict[str, Any] = {"parameters": count_parameters(policy), "horizon": policy.horizon,
-                           "lang_tokens": int(inputs.lang_tokens.shape[1]) if inputs.lang_tokens is not None else 0,
-                           "obs_tokens": policy.obs_encoder.num_tokens,
-                           "denoiser_call": percentiles_ms(calls), "encode": percentiles_ms(encodes), "samplers": {}}
-    for label, (kind, steps) in plans.items():
-        row = {"kind": kind, "steps": steps, **percentiles_ms(times[label]),
-               "sampler_build_ms": percentiles_ms(build[label])["p50_ms"],
-               "predict_chunk": percentiles_ms(policy_times[label])}
-        # what is neither the encoder nor a denoiser call: scheduler updates, sampler construction, glue
-        row["overhead_ms"] = row["p50_ms"] - out["encode"]["p50_ms"] - steps * out["denoiser_call"]["p50_ms"]
-        out["samplers"][label] = row
-    return out
+        path = write_checkpoint(model, normalizer, ti, language, Path(tmp))
+        out = measure_backends(model, path, inputs, ti.obs, plan, say)
+    return {"parameters": count_parameters(policy), "horizon": policy.horizon,
+            "lang_tokens": int(inputs.lang_tokens.shape[1]) if inputs.lang_tokens is not None else 0,
+            "obs_tokens": policy.obs_encoder.num_tokens, **out}
 
 
 def train_defaults() -> dict[str, Any]:
@@ -396,23 +370,25 @@ def measure_training(name: str, cfg: InferBenchConfig, ti: TaskInputs) -> dict[s
         one_step()
     times = time_calls(one_step, cfg.train_steps, float("inf"))
     return {"parameters": count_parameters(policy), "batch_size": batch_size, "horizon": policy.horizon,
-            "step": percentiles_ms(times), "samples_per_s": batch_size * len(times) / sum(times)}
+            "step": stats_ms(times), "samples_per_s": batch_size * len(times) / sum(times)}
 
 
 def run_infer_bench(cfg: InferBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every measurement of ``bench infer``; torch's thread count is restored afterwards."""
     say = progress or (lambda _msg: None)
     previous = torch.get_num_threads()
-    torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
+    threads = cfg.torch_threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
     load = os.getloadavg()[0]
-    if torch.get_num_threads() > 1 and load >= 1.0:
+    if threads > 1 and load >= 1.0:
         # threads of one op wait for each other at every barrier; a descheduled one stalls them all
         say(f"warning: 1-min load average {load:.1f} on {os.cpu_count()} cores before starting: "
-            f"{torch.get_num_threads()}-thread timings can be many times slower; torch_threads=1 is steadier")
+            f"{threads}-thread timings can be many times slower; torch_threads=1 is steadier")
     try:
         ti = task_inputs(cfg.task, cfg.seed)
-        results: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        results: dict[str, Any] = {"torch_threads": threads, "cpu_count": os.cpu_count(),
                                    "load_average_1min_before": os.getloadavg()[0], "torch": torch.__version__,
+                                   "onnxruntime": onnxruntime.__version__, "cuda": torch.cuda.is_available(),
                                    "task": cfg.task, "control_hz": ti.control_hz,
                                    # null in the train config = the whole chunk of the first model
                                    "execute_horizon": int(train_defaults()["execute_horizon"]
@@ -420,12 +396,73 @@ def run_infer_bench(cfg: InferBenchConfig, progress: Callable[[str], None] | Non
                                    "object_state_dim": ti.object_state_dim, "latency": {}, "train": {}}
         for name in cfg.models:
             say(f"latency: {name}")
-            results["latency"][name] = measure_latency(name, cfg, ti)
+            results["latency"][name] = measure_latency(name, cfg, ti, cfg.plan(threads), say)
         for name in cfg.train_models:
             say(f"training: {name}")
             results["train"][name] = measure_training(name, cfg, ti)
+        results["parameters"] = {name: count_parameters(load_policy_config(name)) for name in available_policy_configs()}
         # other processes on the cores distort every number (and multi-threaded ones most): record them
         results["load_average_1min_after"] = os.getloadavg()[0]
         return results
     finally:
         torch.set_num_threads(previous)
+
+
+# --- the table ---------------------------------------------------------------------------------------
+
+#: parameter targets of the RDT sizes the issue names
+PARAMETER_TARGETS = {"rdt_170m": 170e6, "rdt_1b": 1.2e9}
+
+
+def infer_rows(r: dict[str, Any]) -> list[Row]:
+    """Latency rows with their targets, training samples/s, parameter counts."""
+    rows = latency_rows(r["latency"], r["torch_threads"])
+    for name, t in r["train"].items():
+        rows.append(Row(f"training {name} ({t['parameters'] / 1e6:.1f}M params), batch {t['batch_size']}: samples/s "
+                        f"(step p50 {t['step']['p50_ms']:,.0f} ms, n={t['step']['n']})", f"{t['samples_per_s']:,.1f}"))
+    for name, n in r["parameters"].items():
+        target = PARAMETER_TARGETS.get(name)
+        rows.append(Row(f"{name}: parameters (transformer + adaptors, counted on the meta device)", f"{n:,}",
+                        f"{target / 1e6:,.0f}M +-10%" if target else "",
+                        ("pass" if abs(n / target - 1) <= 0.10 else "FAIL") if target else ""))
+    return rows
+
+
+def infer_notes(r: dict[str, Any], cfg: InferBenchConfig) -> str:
+    """How the rows were measured, then the chunk-latency matrices (model x backend x sampler x batch)."""
+    budget_ms = 1e3 * r["execute_horizon"] / r["control_hz"]
+    lat = r["latency"]
+    exports = ", ".join(f"{n} {m['export_s']:.0f} s" for n, m in lat.items())
+    compiles = ", ".join(f"{n} {m['backends']['torch.compile']['warmup_s']:.0f} s" for n, m in lat.items()
+                         if m["backends"].get("torch.compile", {}).get("status") == "measured")
+    gpu = ("GPU: " + ("CUDA present, see the tensorrt column" if r["cuda"] else
+                      "not measured (no GPU lent this session: no CUDA device, no TensorRT)") + ". ")
+    text = (
+        f"CPU, torch {r['torch']}, ONNX Runtime {r['onnxruntime']}: {r['torch_threads']} torch intra-op thread(s) and "
+        f"{r['torch_threads']} intra-op thread(s) per ONNX Runtime session, on {r['cpu_count']} cores; 1-min load "
+        f"average {r['load_average_1min_before']:.1f} before, {r['load_average_1min_after']:.1f} after (other "
+        "processes on the cores slow every row; ratios within one run are what carry over). Policies built from "
+        f"their configs with random weights, conditioned as on `{r['task']}`: its state and {r['object_state_dim']}-d "
+        "object state from one reset, its instruction, no cameras; each saved as a checkpoint and exported once to a "
+        f"deploy bundle ({exports}), each backend built once from the bundle. " + gpu
+        + "Batch 1 = `predict_chunk(obs)` of the bundle's policy on that backend: the robot's loop (history, "
+        "normalisation, encode, the sampler's loop over the denoiser, unnormalisation). Batch "
+        f"{' / '.join(map(str, cfg.batches)) or '(none)'} (RL rollouts) = "
+        "`sample_chunk` on the batch-1 inputs repeated (encode + the loop). student-1 / student-2 = the same network "
+        "sampled with DDIM-1 / DDIM-2: a distilled student is an ordinary checkpoint whose sampler is DDIM-K, so its "
+        "chunk costs what these do. Every (backend, sampler) case takes one chunk per round in the same rounds, with "
+        f"one denoiser call per backend per round; a case times up to {cfg.repeats} chunks, stopping after "
+        f"{cfg.max_seconds:g} s once {cfg.min_repeats} are done (a p99 of n < 100 is about the max). A case estimated "
+        f"above {cfg.extrapolate_above_s:g} s per chunk is extrapolated: steps x the backend's denoiser-call p50 + the "
+        "same `predict_chunk` with a no-op denoiser (timed in the rounds), with "
+        f"{cfg.extrapolated_full_chunks} real chunk(s) timed as a check. torch.compile: inductor, static shapes, "
+        f"compiled in the warm-up (warm-up incl. compiling every batch size: {compiles or 'n/a'}). FLOPs: "
+        "`torch.utils.flop_counter.FlopCounterMode` over one torch denoiser call at batch 1 (matmuls, and attention "
+        "through CPU SDPA; elementwise ops not counted). Peak: the best GFLOP/s of float32 "
+        f"{cfg.peak_size}x{cfg.peak_size} matmuls at the same thread count, in `torch.matmul` and in ONNX Runtime "
+        "(a one-node MatMul graph: MLAS), before and after each model's cases; share = FLOPs / call p50 / peak; "
+        "FLOP floor = FLOPs / peak. Real-time budget with asynchronous inference: "
+        f"{r['execute_horizon']} actions at {r['control_hz']:g} Hz = {budget_ms:.0f} ms per chunk. Training: "
+        "`train()`'s optimisation step (step randomness, condition dropout, state noise, compute_loss, backward, "
+        "clip, AdamW, cosine LR, EMA) on one synthetic batch of TrainConfig's batch size, data loading excluded.")
+    return text + "\n\n" + latency_tables(lat, {n: m["parameters"] for n, m in lat.items()})

@@ -4,7 +4,8 @@ the benchmark's section of BENCHMARKS.md.
   data    sampler windows/s (To=2, Ta=64, 128-d, 1M-step store) from RAM and from disk;
           streaming-writer steps/s with two 224x224 cameras, fsync on and off
   sim     control steps/s per task, state and camera observations
-  infer   chunk latency p50/p95 per sampler and model size; training samples/s
+  infer   chunk latency p50/p99 per backend, sampler, model size and batch; FLOPs per denoiser call
+          against this CPU's matmul peak; same-run ratios; training samples/s
   success collate evaluations already run (evals=[dir,...]) into a success table with how each
           policy was trained: demos, steps, training time, commands
   runtime control-loop period error and periods met at 200 Hz in process and over ROS 2 while a policy
@@ -53,60 +54,12 @@ def _data(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
 
 
 def _infer(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
-    from robot_policy.bench.infer import InferBenchConfig, run_infer_bench
+    from robot_policy.bench.infer import InferBenchConfig, infer_notes, infer_rows, run_infer_bench
 
     cfg = parse_overrides(InferBenchConfig, overrides, "bench infer")
     r = run_infer_bench(cfg, progress=lambda msg: print(f"bench infer: {msg}", file=sys.stderr))
-    rows: list[Row] = []
-    for name, m in r["latency"].items():
-        call = m["denoiser_call"]
-        rows.append(Row(f"{name} ({m['parameters'] / 1e6:.1f}M params, Ta={m['horizon']}): one denoiser call "
-                        f"p50 / p95 (ms, n={call['n']})", f"{call['p50_ms']:,.1f} / {call['p95_ms']:,.1f}"))
-        for label, s in m["samplers"].items():
-            rows.append(Row(f"{name} {label}: chunk latency p50 / p95 (ms, batch 1, n={s['n']})",
-                            f"{s['p50_ms']:,.1f} / {s['p95_ms']:,.1f}"))
-            p = s["predict_chunk"]
-            rows.append(Row(f"{name} {label}: `predict_chunk` of the loaded checkpoint p50 / p95 (ms, n={p['n']})",
-                            f"{p['p50_ms']:,.1f} / {p['p95_ms']:,.1f}"))
-        ref = min(m["samplers"], key=lambda k: m["samplers"][k]["p50_ms"])
-        others = [f"{k} x{s['p50_ms'] / m['samplers'][ref]['p50_ms']:.1f}" for k, s in m["samplers"].items() if k != ref]
-        if others:
-            rows.append(Row(f"{name}: chunk p50 relative to {ref} (same run)", ", ".join(others)))
-    for name, t in r["train"].items():
-        rows.append(Row(f"training {name} ({t['parameters'] / 1e6:.1f}M params), batch {t['batch_size']}: samples/s "
-                        f"(step p50 {t['step']['p50_ms']:,.0f} ms, n={t['step']['n']})", f"{t['samples_per_s']:,.1f}"))
-    from robot_policy.models.params import count_parameters
-    from robot_policy.models.rdt import available_policy_configs, load_policy_config
-
-    targets = {"rdt_170m": 170e6, "rdt_1b": 1.2e9}
-    for name in available_policy_configs():
-        n = count_parameters(load_policy_config(name))
-        r.setdefault("parameters", {})[name] = n
-        target = targets.get(name)
-        rows.append(Row(f"{name}: parameters (transformer + adaptors, counted on the meta device)", f"{n:,}",
-                        f"{target / 1e6:,.0f}M +-10%" if target else "",
-                        ("pass" if abs(n / target - 1) <= 0.10 else "FAIL") if target else ""))
-    budget_ms = 1e3 * r["execute_horizon"] / r["control_hz"]
-    heavy = [f"{name} {label} (n={s['n']})" for name, m in r["latency"].items() for label, s in m["samplers"].items()
-             if s["n"] < cfg.repeats]
-    notes = (f"CPU, torch {r['torch']}, {r['torch_threads']} torch thread(s) on {r['cpu_count']} cores; 1-min load "
-             f"average {r['load_average_1min_before']:.1f} before, {r['load_average_1min_after']:.1f} after (other "
-             "processes on the cores slow every row, multi-threaded runs most). Policies built from their configs "
-             f"with random weights, conditioned as on `{r['task']}`: its state and {r['object_state_dim']}-d object "
-             "state from one reset, its instruction, no cameras. Chunk latency = one `model.sample` call at batch 1 "
-             "(observation encoder, sampler built from its name, every denoiser call and update); `predict_chunk` = "
-             "what a deployment calls on the same weights saved as a checkpoint and loaded with "
-             "`DiffusionPolicy.from_checkpoint` (observation history, normalisation, model inputs, sampling, "
-             "unnormalisation, the ActionChunk), timed in the same rounds; both after a warm-up "
-             f"chunk with the same sampler at <= {cfg.warmup_steps} steps; a denoiser call is timed alone. Each case "
-             f"times up to {cfg.repeats} chunks, stopping after {cfg.max_seconds:g} s once {cfg.min_repeats} are done"
-             + (f", so these have fewer (their p95 is close to their max): {', '.join(heavy)}" if heavy else "")
-             + ". Ratios between samplers of one model in one run are the meaningful part. Real-time budget with "
-             f"asynchronous inference: {r['execute_horizon']} actions at {r['control_hz']:g} Hz = {budget_ms:.0f} ms "
-             "per chunk. Training: `train()`'s optimisation step (step randomness, condition dropout, state noise, "
-             "compute_loss, backward, clip, AdamW, cosine LR, EMA) on one synthetic batch of TrainConfig's "
-             "batch size, data loading excluded.")
-    return "Inference: chunk latency per sampler; training samples/s", rows, r, notes
+    return ("Inference: chunk latency per backend and sampler, FLOPs against the CPU's peak; training samples/s",
+            infer_rows(r), r, infer_notes(r, cfg))
 
 
 def _sim(overrides: list[str]) -> tuple[str, list[Row], dict[str, Any], str]:
