@@ -32,9 +32,10 @@ def test_bench_sim_small(tmp_path: Path) -> None:
 
 
 def test_bench_infer_small() -> None:
+    # the torch backend only: torch.compile and the export for ONNX Runtime are test_bench_infer.py's (slow)
     _, rows, results, _ = bench._infer(["models=[rdt_tiny]", "samplers=[ddim:2]", "repeats=2", "call_repeats=2",
                                         "train_models=[rdt_tiny]", "train_steps=1", "train_batch_size=4",
-                                        "torch_threads=1"])
+                                        "torch_threads=1", "backends=[torch]", "batches=[]"])
     assert rows and results
 
 
