@@ -22,6 +22,7 @@ VERBS: dict[str, str] = {
     "serve": "robot_policy.cli.serve",
     "bench": "robot_policy.cli.bench",
     "demo": "robot_policy.cli.demo",
+    "replay": "robot_policy.cli.replay",
 }
 
 
