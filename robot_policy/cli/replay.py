@@ -34,9 +34,10 @@ def main(argv: list[str]) -> int:
     except (ValueError, IndexError, FileNotFoundError, RuntimeError, TimeoutError) as e:
         return fail(str(e), code=1)
     rms, mx = summary["tracking_rms_mean_rad"], summary["tracking_max_overall_rad"]
+    state = summary["state_max_error"]
     print(f"replay episode {cfg.episode} ({cfg.target}, by {cfg.mode}): {summary['steps']} steps, "
           f"success {summary['success']} (recorded {summary['recorded_success']}), tracking error "
-          f"mean RMS {rms:.3g} rad, max {mx:.3g} rad, state error max {summary['state_max_error']:.3g}")
+          f"mean RMS {rms:.3g} rad, max {mx:.3g} rad" + (f", state error max {state:.3g}" if state is not None else ""))
     for key in ("plot", "video"):
         if key in summary:
             print(f"wrote {summary[key]}")

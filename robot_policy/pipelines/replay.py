@@ -100,6 +100,8 @@ class ReplayConfig:
     camera: str = ""
     #: video frame height and width (pixels)
     video_size: int = 160
+    #: target=ros2: ROS_DOMAIN_ID (0-101); -1: derived from the process id, so parallel runs do not meet
+    domain_id: int = -1
 
     def __post_init__(self) -> None:
         if not self.store:
@@ -112,6 +114,8 @@ class ReplayConfig:
             raise ValueError("replay: mode=states needs a simulator's reset_to; target=ros2 replays mode=actions")
         if self.episode < 0:
             raise ValueError(f"replay: episode={self.episode} must be >= 0")
+        if not -1 <= self.domain_id <= 101:
+            raise ValueError(f"replay: domain_id={self.domain_id} must be -1 (automatic) or 0..101")
         if self.video_size < 16:
             raise ValueError(f"replay: video_size={self.video_size} must be >= 16 pixels")
 
@@ -196,8 +200,9 @@ class ReplayResult:
     #: per joint: RMS and max |measured - commanded| (rad)
     tracking_rms: list[float]
     tracking_max: list[float]
-    #: mode=states: max |observed - recorded| over the state mask; mode=actions: the same along the open loop
-    state_max_error: float
+    #: mode=states: max |observed - recorded| over the state mask; mode=actions: the same along the open loop;
+    #: None where the target has no recorded state to compare (ros2)
+    state_max_error: float | None
     commanded: np.ndarray  # (T, J) rad
     measured: np.ndarray  # (T, J) rad
     frames: list[np.ndarray]  # video frames (H, W, 3) uint8; empty when video=false
