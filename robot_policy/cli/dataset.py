@@ -15,6 +15,9 @@ robot-policy dataset {import,export} FORMAT PATH key=value ...: convert from and
                           Streams episode by episode with a progress bar; an interrupted import leaves a valid
                           store, and rerunning the same command appends the rest. Prints what was mapped,
                           what was dropped and why (rosbag: the alignment skew of each stream).
+  view PATH [episode=N] [out=FILE.mp4] [stride=1] [width_px=1280]
+                          an mp4 of one episode: its camera frames beside its joint and action curves
+                          (measured solid, commanded dashed) with a cursor at the frame's time
   export FORMAT STORE out=DIR [key=value ...]
                           a store as a LeRobot v3.0 dataset (lerobot: vcodec=libsvtav1|h264, crf=30) or a
                           rosbag2 bag (rosbag: storage=mcap|sqlite3, images=raw|png|jpeg). `export FORMAT
@@ -46,6 +49,8 @@ FORMATS: dict[str, tuple[str, str, str | None, str | None]] = {
 def main(argv: list[str]) -> int:
     if argv[:1] in (["import"], ["export"]):
         return _convert(argv[0], argv[1:])
+    if argv[:1] == ["view"]:
+        return _view(argv[1:])
     parser = argparse.ArgumentParser(prog="robot-policy dataset", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +141,37 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{args.path}: INVALID ({len(errors)} error(s), {len(problems) - len(errors)} warning(s))")
         return 1
     print(f"{args.path}: valid" + (f" ({len(problems)} warning(s))" if problems else ""))
+    return 0
+
+
+def _view(argv: list[str]) -> int:
+    """``view PATH key=value ...``: the episode as an mp4 of camera frames and joint/action curves."""
+    from robot_policy.configuration import ConfigError, parse_overrides
+    from robot_policy.data.store import StoreError
+    from robot_policy.eval.episode_view import ViewConfig, write_episode_view
+
+    usage = "robot-policy dataset view PATH [episode=N] [out=FILE.mp4] [stride=1] [width_px=1280]"
+    if "-h" in argv or "--help" in argv:
+        from robot_policy.cli.common import options_help
+
+        print(f"usage: {usage}\n\n{options_help(ViewConfig)}")
+        return 0
+    paths = [a for a in argv if "=" not in a]
+    if len(paths) != 1:
+        return fail(f"usage: {usage} (got {len(paths)} paths: {paths})")
+    path = Path(paths[0])
+    if not path.exists():
+        return fail(f"{path}: no such store")
+    try:
+        cfg = parse_overrides(ViewConfig, [a for a in argv if "=" in a], where="dataset view")
+    except (ConfigError, ValueError) as e:
+        return fail(str(e))
+    out = Path(cfg.out) if cfg.out else path.parent / f"{path.stem}_ep{cfg.episode}.mp4"
+    try:
+        written, frames = write_episode_view(path, cfg.episode, out, stride=cfg.stride, width_px=cfg.width_px)
+    except (StoreError, IndexError) as e:
+        return fail(str(e), code=1)
+    print(f"wrote {written} ({frames} frames)")
     return 0
 
 
