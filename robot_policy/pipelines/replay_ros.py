@@ -165,9 +165,11 @@ def replay_on_ros(cfg: ReplayConfig, store: EpisodeStore, ep: RecordedEpisode, l
     domain = cfg.domain_id if cfg.domain_id >= 0 else 1 + os.getpid() % 100
     env = loopback_env(domain, log_dir=out / "ros_logs")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROS_INSTALL), env.get("PYTHONPATH", "")) if p)
-    # the driver's rclpy is this process's: the loopback settings go in before it starts
-    os.environ.update({k: env[k] for k in ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-                                           "ROS_DOMAIN_ID", "RMW_IMPLEMENTATION", "ROS_LOG_DIR")})
+    # the driver's rclpy is this process's: the loopback settings go in before it starts, and come out after
+    dds_keys = ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
+                "RMW_IMPLEMENTATION", "ROS_LOG_DIR")
+    saved = {k: os.environ.get(k) for k in dds_keys}
+    os.environ.update({k: env[k] for k in dds_keys})
     # time limit: the recording plus a generous safe move, so the node never ends the episode on its own clock
     max_steps = len(actions) + 400
     args = [sys.executable, "-m", "robot_policy_ros.sim_robot_node", "--ros-args", "-p", f"task:={task.name}",
@@ -184,6 +186,11 @@ def replay_on_ros(cfg: ReplayConfig, store: EpisodeStore, ep: RecordedEpisode, l
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     plan, t0, status, stamps, measured_all, stopped = (run[k] for k in
                                                          ("plan", "t0", "status", "stamps", "positions", "stopped"))
     k = plan.approach_steps
