@@ -67,3 +67,29 @@ def test_an_episode_replays_to_the_ros2_sim_robot_with_its_tracking_error(tmp_pa
     # position control on the simulated arms: a few mrad behind each 50 ms command (measured ~0.0015 rms)
     assert summary["tracking_rms_mean_rad"] < 0.01 and summary["tracking_max_overall_rad"] < 0.05, summary
     assert (out / "tracking.png").is_file()
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_a_robot_that_stops_publishing_is_braked_by_the_watchdog(tmp_path: Path) -> None:
+    """SIGSTOP the simulated robot 2 s into the replay: its joint states go stale, the watchdog holds, the
+    replay sends a braking trajectory and stops (instead of streaming on, or hanging on a service call)."""
+    import signal
+    import threading
+
+    from robot_policy.pipelines.replay import ReplayConfig, load_episode
+    from robot_policy.pipelines.replay_ros import replay_on_ros
+
+    path = collect_store(tmp_path / "s.zarr", episodes=1, cameras=())
+    store = EpisodeStore.open(path)
+
+    def freeze(proc: object) -> None:
+        pid = proc.pid  # type: ignore[attr-defined]
+        threading.Timer(2.0, os.kill, (pid, signal.SIGSTOP)).start()
+        threading.Timer(3.5, os.kill, (pid, signal.SIGCONT)).start()  # so that it can shut down afterwards
+
+    cfg = ReplayConfig(store=str(path), target="ros2", out=str(tmp_path / "r"), domain_id=40 + (os.getpid() + 7) % 20)
+    result = replay_on_ros(cfg, store, load_episode(store, 0), on_stream=freeze)
+    assert result.extra["stopped"].startswith("observation stale"), result.extra
+    assert not result.success
+    assert 10 < result.steps < store.episode_lengths[0] - 20  # tracked until the freeze, not past it

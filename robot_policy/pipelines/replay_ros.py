@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,11 @@ class _Recorder:
             return np.asarray(self.stamps), np.stack(self.positions)
 
 
-def replay_on_ros(cfg: ReplayConfig, store: EpisodeStore, ep: RecordedEpisode, lookahead: int = 10, startup_timeout_s: float = 60.0) -> ReplayResult:
-    """Replay ``ep``'s actions to a fresh ``sim_robot_node`` over ROS 2 (see the module docstring)."""
+def replay_on_ros(cfg: ReplayConfig, store: EpisodeStore, ep: RecordedEpisode, lookahead: int = 10,
+                  startup_timeout_s: float = 60.0,
+                  on_stream: Callable[[subprocess.Popen[bytes]], None] | None = None) -> ReplayResult:
+    """Replay ``ep``'s actions to a fresh ``sim_robot_node`` over ROS 2 (see the module docstring).
+    ``on_stream`` gets the node's process as the streaming starts (fault injection in tests: stop it)."""
     from robot_policy.pipelines.sil import ROS_INSTALL, _import_ros_package
 
     task = (load_task_config(cfg.task) if cfg.task else
@@ -177,7 +181,7 @@ def replay_on_ros(cfg: ReplayConfig, store: EpisodeStore, ep: RecordedEpisode, l
     log = (out / "sim_robot.log").open("wb")
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        run = _drive(itf, filt, actions, ep, lookahead, startup_timeout_s, proc)
+        run = _drive(itf, filt, actions, ep, lookahead, startup_timeout_s, proc, on_stream)
     finally:
         if proc.poll() is None:
             proc.send_signal(2)  # SIGINT: the node shuts down cleanly
@@ -212,7 +216,8 @@ def replay_on_ros(cfg: ReplayConfig, store: EpisodeStore, ep: RecordedEpisode, l
 
 
 def _drive(itf: RobotInterface, filt: SafetyFilter, actions: np.ndarray, ep: RecordedEpisode, lookahead: int,
-           startup_timeout_s: float, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+           startup_timeout_s: float, proc: subprocess.Popen[bytes],
+           on_stream: Callable[[subprocess.Popen[bytes]], None] | None) -> dict[str, Any]:
     """The driver node: reset the sim to the seed, plan from the measured joints, stream, record."""
     import rclpy
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -290,6 +295,10 @@ def _drive(itf: RobotInterface, filt: SafetyFilter, actions: np.ndarray, ep: Rec
         watchdog.observe(latest[0])
         watchdog.chunk_arrived(now(), latest[0])
         stopped, sent, n, t_end = "", 0, len(plan.commands), np.inf
+        pending: Any = None
+        last_status: dict[str, Any] = status()
+        if on_stream is not None:
+            on_stream(proc)
         while sent < n:
             t = now()
             current = int(np.floor((t - t0) / filt.dt))  # commands before this one are already due
@@ -305,14 +314,24 @@ def _drive(itf: RobotInterface, filt: SafetyFilter, actions: np.ndarray, ep: Rec
                 break
             publish(plan.commands[due:due + lookahead], t0 + (due + 1) * filt.dt)
             sent = min(n, due + 1)
-            if not status()["running"]:
-                stopped = "the episode ended in the simulator (success or its time limit)"
-                # the paused sim keeps publishing its last state: nothing after its last step is tracking
-                t_end = t - filt.dt
-                break
+            # the episode's end comes from /sim/status, asked without waiting: a robot that stops answering
+            # must not stall the loop, whose watchdog then sees its joint states go stale and brakes
+            if pending is None:
+                pending = status_client.call_async(Trigger.Request())
+            elif pending.done():
+                last_status = dict(json.loads(pending.result().message))
+                pending = None
+                if not last_status["running"]:
+                    stopped = "the episode ended in the simulator (success or its time limit)"
+                    # the paused sim keeps publishing its last state: nothing after its last step is tracking
+                    t_end = t - 2 * filt.dt  # the answer may be a period old
+                    break
             time.sleep(max(0.0, t0 + (due + 1) * filt.dt - now()))
         time.sleep(3 * filt.dt)  # the last commands execute and their joint states arrive
-        final = status()
+        try:
+            final = status() if not stopped.startswith("observation") else last_status
+        except TimeoutError:
+            final = last_status
         stamps, positions = recorder.arrays()
     finally:
         executor.shutdown()
