@@ -71,6 +71,7 @@ class _Driver:
         from rcl_interfaces.srv import SetParameters
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.node import Node
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import JointState
         from std_srvs.srv import Trigger
         from trajectory_msgs.msg import JointTrajectory
@@ -89,8 +90,10 @@ class _Driver:
         self.last_diagnostics: dict[str, Any] = {}
         self.bag_errors: list[str] = []
         self._lock = threading.Lock()
+        # best effort like the publisher, but a deep queue: the recorder wants every sample, not the newest
+        record_qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
         self.node.create_subscription(JointState, topics.JOINT_STATES, self._recorder(topics.JOINT_STATES),
-                                      topics.SENSOR_QOS)
+                                      record_qos)
         for arm in arms:
             topic = topics.TRAJECTORY.format(arm=arm)
             self.node.create_subscription(JointTrajectory, topic, self._recorder(topic), topics.COMMAND_QOS)
