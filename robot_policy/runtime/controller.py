@@ -296,6 +296,10 @@ class PolicyController:
             # filter would refuse it too; it never reaches the scheduler)
             self._counts["chunks_rejected_nonfinite"] += 1
         else:
+            if self.cfg.replan == "when_empty":
+                # synchronous execution: a chunk's first execute_horizon actions, then the arm holds while the
+                # next one is inferred (the rest of the chunk is not executed meanwhile)
+                rows = rows[: self.execute_horizon]
             self.scheduler.add(rows, result.obs_time, self.control_hz, now=now)
             self.watchdog.chunk_arrived(now, result.obs_time)
             self._new_chunk = True
