@@ -320,6 +320,22 @@ def test_residual_ppo_learning_rates_follow_the_schedule_over_the_budget(base: F
     with pytest.raises(ValueError, match="lr_schedule"):
         ResidualPPOConfig(lr_schedule="step")
 
+
+def test_residual_ppo_exploration_log_std_anneals_only_when_asked(base: FrozenBase) -> None:
+    fixed = ResidualPPO(ResidualPPOConfig(log_std=-1.0), base, num_envs=1, seed=0)
+    annealed = ResidualPPO(ResidualPPOConfig(log_std=-1.0, log_std_final=-2.0), base, num_envs=1, seed=0)
+    for algo in (fixed, annealed):
+        algo.set_progress(0.5)
+    assert torch.all(fixed.actor.log_std == -1.0)
+    torch.testing.assert_close(annealed.actor.log_std, torch.full_like(annealed.actor.log_std, -1.5))
+    annealed.set_progress(3.0)  # past the budget: clamped at the final value
+    torch.testing.assert_close(annealed.actor.log_std, torch.full_like(annealed.actor.log_std, -2.0))
+    # the distribution the PPO ratio uses follows it
+    feats = torch.zeros(2, annealed.features.dim)
+    a_base = torch.zeros(2, annealed.used.numel())
+    torch.testing.assert_close(annealed.actor.distribution(feats, a_base).stddev,
+                               torch.full((2, annealed.used.numel()), math.exp(-2.0)))
+
 # --- 4. a batched base call equals per-env calls ------------------------------------------------------------
 
 

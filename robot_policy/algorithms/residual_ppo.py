@@ -39,8 +39,13 @@ class ResidualPPOConfig:
     rollout_steps: int = 256
     #: executed action = a_base + residual_scale * r, in normalised action units (minmax: [-1, 1] = data range)
     residual_scale: float = 0.1
-    #: fixed log-std of the residual Gaussian (pre-scale)
+    #: log-std of the residual Gaussian (pre-scale); fixed unless ``log_std_final`` is set
     log_std: float = -1.0
+    #: if set, the log-std moves linearly from ``log_std`` to this over the env-step budget (null: fixed, as in
+    #: ResiP). Why: evaluation uses the mean residual, but PPO optimises the noisy policy; with the weak BC the
+    #: exploration noise itself breaks stalls (the noisy rollouts succeed more often than the mean), so
+    #: shrinking it makes the mean carry what the noise did
+    log_std_final: float | None = None
     #: hidden widths of the residual actor and of the critic
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     gamma: float = 0.999
@@ -130,8 +135,13 @@ class ResidualPPO:
         self.lr_multiplier = 1.0
 
     def set_progress(self, fraction: float) -> None:
-        """Set the learning rates for ``fraction`` (in [0, 1]) of the run's env-step budget used (``lr_schedule``)."""
-        self.lr_multiplier = max(0.0, LR_SCHEDULES[self.cfg.lr_schedule](min(max(fraction, 0.0), 1.0)))
+        """Set the learning rates (``lr_schedule``) and, with ``log_std_final``, the exploration log-std for
+        ``fraction`` (in [0, 1]) of the run's env-step budget used."""
+        fraction = min(max(fraction, 0.0), 1.0)
+        self.lr_multiplier = max(0.0, LR_SCHEDULES[self.cfg.lr_schedule](fraction))
+        if self.cfg.log_std_final is not None:
+            log_std = self.cfg.log_std + fraction * (self.cfg.log_std_final - self.cfg.log_std)
+            self.actor.log_std.fill_(log_std)  # type: ignore[operator]
         for opt, lr in ((self.actor_opt, self.cfg.actor_lr), (self.critic_opt, self.cfg.critic_lr)):
             for group in opt.param_groups:
                 group["lr"] = lr * self.lr_multiplier
