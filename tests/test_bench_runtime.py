@@ -9,12 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+from tiny_checkpoint import train_tiny_checkpoint
 
 from robot_policy.bench import runner as bench
 from robot_policy.bench.report import write_results
-from robot_policy.cli.main import main
-from robot_policy.models import checkpoint as ckpt
 from robot_policy.pipelines.runtime_sim import SCHEMES
 
 TASK = "pybullet_bimanual_lift"
@@ -26,17 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``rdt_tiny`` trained 2 steps on one expert episode (as tests/test_ros_sil.py's)."""
     root = tmp_path_factory.mktemp("runtime_ckpt")
-    store, run = root / "lift.zarr", root / "run"
-    threads = torch.get_num_threads()
-    try:
-        assert main(["collect", f"task={TASK}", "episodes=1", f"out={store}", "seed=0", "record_sim_state=false"]) == 0
-        assert main(["train", f"dataset.path={store}", f"out={run}", "policy=rdt_tiny", "steps=2", "batch_size=8",
-                     "val_fraction=0", "torch_threads=1", "progress=false"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    path = ckpt.latest_checkpoint(run)
-    assert path is not None
-    return path
+    return train_tiny_checkpoint(root)
 
 
 def _run(overrides: list[str], tmp_path: Path) -> tuple[list, dict, Path]:

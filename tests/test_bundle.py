@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_checkpoint import train_tiny_checkpoint
 
 from robot_policy.cli.common import ConfigError
 from robot_policy.cli.eval import parse_eval_config
@@ -47,16 +48,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bundle_ckpt")
-    store, run = root / "lift.zarr", root / "run"
-    threads = torch.get_num_threads()
-    try:
-        assert main(["collect", f"task={TASK}", "episodes=1", f"out={store}", "seed=0", "record_sim_state=false"]) == 0
-        assert main(["train", f"dataset.path={store}", f"out={run}", "policy=rdt_tiny", "steps=2", "batch_size=8",
-                     "val_fraction=0", "torch_threads=1", "progress=false"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    path = ckpt.latest_checkpoint(run)
-    assert path is not None
+    path = train_tiny_checkpoint(root)
     weights = load_file(str(path / ckpt.MODEL))
     g = torch.Generator().manual_seed(0)
     save_file({k: v + 0.2 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v

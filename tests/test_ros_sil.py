@@ -23,10 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from tiny_checkpoint import train_tiny_checkpoint
 
-from robot_policy.cli.main import main
-from robot_policy.models import checkpoint as ckpt
 from robot_policy.pipelines.sil import ROS_INSTALL
 from robot_policy.runtime.dds import LOOPBACK_PROFILE, loopback_env
 
@@ -45,17 +43,7 @@ def _domain() -> int:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``rdt_tiny`` trained 2 steps on one expert episode: its chunks are near the demonstrations' mean."""
     root = tmp_path_factory.mktemp("sil_ckpt")
-    store, run = root / "lift.zarr", root / "run"
-    threads = torch.get_num_threads()
-    try:
-        assert main(["collect", f"task={TASK}", "episodes=1", f"out={store}", "seed=0", "record_sim_state=false"]) == 0
-        assert main(["train", f"dataset.path={store}", f"out={run}", "policy=rdt_tiny", "steps=2", "batch_size=8",
-                     "val_fraction=0", "torch_threads=1", "progress=false"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    path = ckpt.latest_checkpoint(run)
-    assert path is not None
-    return path
+    return train_tiny_checkpoint(root)
 
 
 def test_ros_install_is_built() -> None:
