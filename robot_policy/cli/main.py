@@ -23,6 +23,7 @@ VERBS: dict[str, str] = {
     "bench": "robot_policy.cli.bench",
     "demo": "robot_policy.cli.demo",
     "replay": "robot_policy.cli.replay",
+    "calibrate": "robot_policy.cli.calibrate",
 }
 
 
