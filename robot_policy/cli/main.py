@@ -24,6 +24,7 @@ VERBS: dict[str, str] = {
     "demo": "robot_policy.cli.demo",
     "replay": "robot_policy.cli.replay",
     "calibrate": "robot_policy.cli.calibrate",
+    "record": "robot_policy.cli.record",
     "teleop": "robot_policy.cli.teleop",
 }
 
