@@ -112,6 +112,14 @@ class CameraInfo:
         height, width: image size in pixels.
         intrinsics: 3x3 pinhole matrix K (pixels), or None if uncalibrated.
         extrinsics: 4x4 pose of the camera in the rig frame (T_rig_camera, metres), or None.
+        distortion: lens distortion coefficients of ``distortion_model`` (OpenCV order, e.g. k1, k2, p1, p2,
+            k3 for ``plumb_bob``), or None (unknown; not the same as zeros).
+        distortion_model: the model's ROS name (``plumb_bob``, ``rational_polynomial``, ...), or None.
+        serial: the camera's serial number, or None.
+        calibrated_at: when the intrinsics were measured, ISO 8601 UTC, or None.
+
+    The last four are optional: stores written before they existed open with them None, and ``to_dict``
+    leaves out the ones that are None, so such a store's attributes read back unchanged.
     """
 
     height: int
@@ -119,6 +127,10 @@ class CameraInfo:
     # array-likes are accepted and stored as nested tuples (hashable, JSON-ready)
     intrinsics: Sequence[Sequence[float]] | np.ndarray | None = None
     extrinsics: Sequence[Sequence[float]] | np.ndarray | None = None
+    distortion: Sequence[float] | np.ndarray | None = None
+    distortion_model: str | None = None
+    serial: str | None = None
+    calibrated_at: str | None = None
 
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
@@ -130,15 +142,33 @@ class CameraInfo:
                 if arr.shape != (n, n) or not np.all(np.isfinite(arr)):
                     raise StoreError(f"camera {name}: expected a finite {n}x{n} matrix, got shape {arr.shape}")
                 object.__setattr__(self, name, tuple(tuple(float(v) for v in row) for row in arr))
+        if self.distortion is not None:
+            d = np.asarray(self.distortion, dtype=np.float64)
+            if d.ndim != 1 or not 1 <= d.size <= 14 or not np.all(np.isfinite(d)):
+                raise StoreError(f"camera distortion: expected 1-14 finite coefficients, got shape {d.shape}")
+            if not self.distortion_model:
+                raise StoreError("camera distortion: coefficients without a distortion_model (e.g. plumb_bob)")
+            object.__setattr__(self, "distortion", tuple(float(v) for v in d))
+        for name in ("distortion_model", "serial", "calibrated_at"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise StoreError(f"camera {name}: expected a string, got {type(v).__name__} {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"height": self.height, "width": self.width,
-                "intrinsics": None if self.intrinsics is None else [list(r) for r in self.intrinsics],
-                "extrinsics": None if self.extrinsics is None else [list(r) for r in self.extrinsics]}
+        d: dict[str, Any] = {
+            "height": self.height, "width": self.width,
+            "intrinsics": None if self.intrinsics is None else [list(r) for r in self.intrinsics],
+            "extrinsics": None if self.extrinsics is None else [list(r) for r in self.extrinsics]}
+        if self.distortion is not None:
+            d["distortion"] = list(self.distortion)
+        d.update({k: getattr(self, k) for k in ("distortion_model", "serial", "calibrated_at")
+                  if getattr(self, k) is not None})
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CameraInfo:
-        return cls(int(d["height"]), int(d["width"]), d.get("intrinsics"), d.get("extrinsics"))
+        return cls(int(d["height"]), int(d["width"]), d.get("intrinsics"), d.get("extrinsics"), d.get("distortion"),
+                   d.get("distortion_model"), d.get("serial"), d.get("calibrated_at"))
 
 
 class EpisodeIndex:
