@@ -27,6 +27,21 @@ class RecordedEpisode:
     length: int
 
 
+def step_record(env: ManipulationEnv, obs: Obs, record_sim_state: bool = True
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """What a step records besides state, action and timestamp, for the observation ``obs`` the actor saw:
+    camera frames (camera -> (H, W, 3) uint8) and extras (``object_state``; ``sim_state``, the simulator
+    state before the action, when ``record_sim_state``). Every recorder writes through this, so scripted
+    and teleoperated episodes carry the same keys."""
+    extras: dict[str, np.ndarray] = {}
+    if OBS_OBJECT in obs:
+        extras[OBJECT_STATE] = obs[OBS_OBJECT]
+    if record_sim_state:
+        extras[SIM_STATE] = env.get_state()
+    images = {k[len(IMAGE_PREFIX):]: v for k, v in obs.items() if k.startswith(IMAGE_PREFIX)}
+    return images, extras
+
+
 def record_episode(env: ManipulationEnv, act: Callable[[Obs], np.ndarray], store: EpisodeStore, seed: int, *,
                    on_reset: Callable[[Obs], None] | None = None, keep_failures: bool = False,
                    record_sim_state: bool = True) -> RecordedEpisode:
@@ -45,12 +60,7 @@ def record_episode(env: ManipulationEnv, act: Callable[[Obs], np.ndarray], store
         done = False
         while not done:
             action = np.asarray(act(obs), dtype=np.float32) * env.action_mask
-            extras: dict[str, np.ndarray] = {}
-            if OBS_OBJECT in obs:
-                extras[OBJECT_STATE] = obs[OBS_OBJECT]
-            if record_sim_state:
-                extras[SIM_STATE] = env.get_state()
-            images = {k[len(IMAGE_PREFIX):]: v for k, v in obs.items() if k.startswith(IMAGE_PREFIX)}
+            images, extras = step_record(env, obs, record_sim_state)
             writer.add_step(state=obs[OBS_STATE], action=action, timestamp=steps / hz, images=images, **extras)
             obs, _, terminated, truncated, info = env.step(action)
             steps += 1
