@@ -29,12 +29,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from robot_policy.cli.common import fail
+
+if TYPE_CHECKING:
+    from robot_policy.data.store import CameraInfo
 
 SUMMARY = "inspect, summarise and validate episode stores (info, stats, validate); import, export other formats"
 
@@ -96,12 +100,31 @@ def _info(args: argparse.Namespace) -> int:
         arr = store.array(key)
         table.add_row(f"data/{key}", f"{arr.dtype} {tuple(arr.shape)} chunks {tuple(arr.chunks)}")
     for name, cam in store.cameras.items():
-        calib = "calibrated" if cam.intrinsics is not None else "no intrinsics"
-        table.add_row(f"camera {name}", f"{cam.height}x{cam.width}, {calib}")
+        table.add_row(f"camera {name}", _camera_summary(cam))
     for key, value in store.attrs.get("provenance", {}).items():
         table.add_row(f"provenance.{key}", str(value))
     console.print(table)
     return 0
+
+
+def _camera_summary(cam: CameraInfo) -> str:
+    """A camera's size and calibration: fx fy cx cy (px), distortion, where it sits in the rig, serial, date."""
+    parts = [f"{cam.height}x{cam.width}"]
+    if cam.intrinsics is None:
+        parts.append("no intrinsics")
+    else:
+        K = cam.intrinsics
+        parts.append(f"fx {K[0][0]:.2f} fy {K[1][1]:.2f} cx {K[0][2]:.2f} cy {K[1][2]:.2f} px")
+    if cam.distortion is not None:
+        parts.append(f"{cam.distortion_model} [{', '.join(f'{v:.4g}' for v in cam.distortion)}]")
+    if cam.extrinsics is not None:
+        t = [row[3] for row in cam.extrinsics[:3]]
+        parts.append(f"T_rig_camera t = [{', '.join(f'{v:.4f}' for v in t)}] m")
+    else:
+        parts.append("no extrinsics")
+    parts += [f"{label} {value}" for label, value in (("serial", cam.serial), ("calibrated", cam.calibrated_at))
+              if value is not None]
+    return ", ".join(parts)
 
 
 def _stats(args: argparse.Namespace) -> int:
