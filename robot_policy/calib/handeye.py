@@ -203,6 +203,9 @@ def constant_frames(mode: str, X: np.ndarray, T_base_gripper: np.ndarray, T_came
 
 def _residuals(method: str, mode: str, X: np.ndarray, T_base_gripper: np.ndarray,
                T_camera_board: np.ndarray) -> SolverResult:
+    if not np.all(np.isfinite(X)):  # a solver that broke down (e.g. on a degenerate set): NaN residuals
+        nan = np.full(T_base_gripper.shape[0], np.nan)
+        return SolverResult(method, X, nan, nan)
     Y = constant_frames(mode, X, T_base_gripper, T_camera_board)
     Ym = mean_transform(Y)
     rot = rotation_angle_deg(np.swapaxes(Y[:, :3, :3], 1, 2) @ Ym[:3, :3])
@@ -221,10 +224,12 @@ def _opencv_solve(method: str, mode: str, T_base_gripper: np.ndarray, T_camera_b
 
 
 def spread(results: Sequence[SolverResult]) -> tuple[float, float]:
-    """The largest rotation (deg) and translation (mm) difference between any two solvers' X."""
+    """The largest rotation (deg) and translation (mm) difference between any two solvers' X (those that
+    returned a finite X)."""
     deg = mm = 0.0
-    for a in results:
-        for b in results:
+    finite = [r for r in results if np.all(np.isfinite(r.X))]
+    for a in finite:
+        for b in finite:
             deg = max(deg, float(rotation_angle_deg(a.X[:3, :3].T @ b.X[:3, :3])))
             mm = max(mm, float(np.linalg.norm(a.X[:3, 3] - b.X[:3, 3]) * 1e3))
     return deg, mm
@@ -249,7 +254,10 @@ def solve_hand_eye(T_base_gripper: np.ndarray, T_camera_board: np.ndarray, mode:
     if diversity.problem and not allow_degenerate:
         raise DegeneratePoseSet(f"degenerate pose set: {diversity.problem}")
     results = {m: _residuals(m, mode, _opencv_solve(m, mode, G, C), G, C) for m in methods}
-    best = min(results.values(), key=lambda r: (round(r.rms_translation_mm, 3), r.rms_rotation_deg))
+    finite = [r for r in results.values() if np.all(np.isfinite(r.X))]
+    if not finite:
+        raise CalibrationError(f"every hand-eye solver failed on these {G.shape[0]} poses (no finite result)")
+    best = min(finite, key=lambda r: (round(r.rms_translation_mm, 3), r.rms_rotation_deg))
     deg, mm = spread(list(results.values()))
     return HandEyeResult(mode, best.X, best.method, results, deg, mm,
                          mean_transform(constant_frames(mode, best.X, G, C)), diversity, final=best)
