@@ -11,7 +11,8 @@ How a command reaches each kind of action field (found by slot in ``spec.action`
   arm's kinematics (:mod:`robot_policy.teleop.kinematics`) solve for joints, seeded with the last target;
   leader joint targets are taken as they are. Either way the joint target moves at most
   ``joint_speed_fraction`` of each joint's velocity limit per tick and stays inside the spec's position
-  limits. The pose target may lead the pose the arm reaches by at most ``max_target_lead``: beyond that
+  limits; a pose target the speed limit kept the arm from reaching is chased on the following ticks
+  without further commands. The pose target may lead the pose the arm reaches by at most ``max_target_lead``: beyond that
   (a target out of reach, a joint at its limit) it is pulled back, so backing off works at once.
 * ``<arm>_eef_pos`` + ``<arm>_eef_rot6d`` (absolute end-effector control): the pose target is the action.
 * ``<arm>_gripper_open``: the opening target, as the unified slot means it (the spec converts to native).
@@ -32,6 +33,9 @@ from robot_policy.spaces.unified import UNIFIED_DIM
 from robot_policy.teleop.device import TeleopCommand
 from robot_policy.teleop.kinematics import ArmKinematics
 
+#: a pose target closer than this (m, rad) to the pose the joint target reaches counts as reached (the IK's
+#: own residual is well below)
+_REACHED_M, _REACHED_RAD = 5e-4, 5e-3
 KinematicsBuilder = Callable[[EmbodimentSpec, Mapping[str, np.ndarray]], ArmKinematics]
 
 
@@ -138,6 +142,8 @@ class ActionMapper:
         self.rotm: dict[str, np.ndarray] = {}
         self.joints: dict[str, np.ndarray] = {}
         self.gripper: dict[str, float] = {}
+        #: joint-controlled arms whose joint target has not reached the pose target yet
+        self._chasing: set[str] = set()
         self._lo = {a: np.array(lim.joint_pos_min) for a, lim in spec.arms.items()}
         self._hi = {a: np.array(lim.joint_pos_max) for a, lim in spec.arms.items()}
         self._step = {a: np.array(lim.joint_vel_max) * self.cfg.joint_speed_fraction * self.dt
@@ -155,6 +161,7 @@ class ActionMapper:
     def reset(self, state: np.ndarray) -> None:
         """Targets := the measured ``state`` (128,) (a new episode starts there)."""
         state = np.asarray(state, dtype=np.float64)
+        self._chasing.clear()
         if state.shape != (UNIFIED_DIM,):
             raise ValueError(f"ActionMapper.reset: expected a unified state ({UNIFIED_DIM},), got {state.shape}")
         for arm, lay in self.layouts.items():
@@ -187,6 +194,9 @@ class ActionMapper:
         if unknown:
             raise ValueError(f"command for arm(s) {sorted(unknown)}; embodiment {self.spec.name} has "
                              f"{', '.join(self.layouts)}")
+        for arm in self._chasing - {a for a, part in cmd.arms.items() if part.twist is not None or
+                                    part.joints is not None}:
+            self._track(arm)  # a target the speed limit kept the arm from reaching last tick
         for arm, part in cmd.arms.items():
             lay = self.layouts[arm]
             if part.joints is not None:
@@ -226,6 +236,7 @@ class ActionMapper:
         if q.shape != (lay.joints.dim,):
             raise ValueError(f"joint targets for the {arm} arm: expected {lay.joints.dim} values, got {q.shape}")
         self.joints[arm] = self._limit(arm, q)
+        self._chasing.discard(arm)
         if self._kin is not None:  # the pose target follows, so a later delta starts from where the arm is
             pos, quat = self._kin.forward(arm, self.joints[arm])
             self.pos[arm], self.rotm[arm] = np.asarray(pos), rot.quat_to_matrix(np.asarray(quat))
@@ -240,6 +251,12 @@ class ActionMapper:
         if self._kin is None:
             raise ValueError(f"an end-effector delta for the joint-controlled {arm} arm needs the embodiment's "
                              "kinematics; this mapper was built without (a leader-arm session)")
+        self._track(arm)
+
+    def _track(self, arm: str) -> None:
+        """Joint target toward the pose target (IK, then the speed and position limits); remembers whether
+        the pose target is still ahead, so the following ticks keep closing the gap without a command."""
+        assert self._kin is not None
         quat = rot.matrix_to_quat(self.rotm[arm])
         q = self._kin.solve(arm, self.pos[arm], quat, self.joints[arm])
         self.joints[arm] = self._limit(arm, np.asarray(q, dtype=np.float64))
@@ -250,3 +267,8 @@ class ActionMapper:
         angle = float(np.linalg.norm(lead))
         if angle > self.cfg.max_rotation_lead:
             self.rotm[arm] = rot.rotvec_to_matrix(lead * (self.cfg.max_rotation_lead / angle)) @ reached
+        behind = float(np.linalg.norm(self.pos[arm] - np.asarray(reached_pos))) > _REACHED_M or angle > _REACHED_RAD
+        if behind:
+            self._chasing.add(arm)
+        else:
+            self._chasing.discard(arm)
