@@ -355,6 +355,45 @@ def test_viewer_runs_headless_without_a_display(monkeypatch: pytest.MonkeyPatch)
     assert wants_viewer("auto") is True
 
 
+def test_the_viewer_shows_the_camera_image_of_the_scene() -> None:
+    """Drawn into matplotlib's Agg backend (no display here); with a display the same code runs in Tk."""
+    from robot_policy.teleop.session import SessionStatus
+    from robot_policy.teleop.viewer import SceneViewer
+
+    env = make_env(TASK)
+    try:
+        env.reset(seed=0)
+        with SceneViewer("front", height=60, width=80, fps=1000.0, backend="Agg") as viewer:
+            viewer(SessionStatus(state="recording", seed=0, step=3), env)
+            shown = np.asarray(viewer._image.get_array())
+            np.testing.assert_array_equal(shown, env.render("front", 60, 80))
+            assert shown.std() > 10  # a scene, not a blank frame
+            assert "seed 0 step 3" in viewer._fig.axes[0].get_title()
+    finally:
+        env.close()
+
+
+def test_status_line_text_and_messages_off_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from robot_policy.teleop.session import SessionStatus
+    from robot_policy.teleop.status import StatusLine, render_status
+
+    status = SessionStatus(state="recording", seed=3, step=10, max_steps=200, success=True, saved=1, discarded=2,
+                           device="arm right | grip R:open L:open", message="recording seed 3")
+    assert render_status(status).plain == ("REC  seed 3 step 10/200 success | saved 1 discarded 2 | arm right | "
+                                           "grip R:open L:open | recording seed 3")
+    out = io.StringIO()
+    with StatusLine(Console(file=out, force_terminal=False)) as line:
+        for _ in range(3):
+            line(status, None)  # type: ignore[arg-type]  # the status line does not look at the env
+        status.message = "saved episode 0"
+        line(status, None)  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == ["recording seed 3", "saved episode 0"]  # each message once
+
+
 def test_a_live_session_can_record_the_keys_it_read(tmp_path: Path) -> None:
     """record_events= writes the keys as read; the file replays to the same store content."""
     src = write_keys(tmp_path / "k.jsonl", [(0.0, "n"), (0.05, "a"), (0.1, "a"), (0.2, "enter"), (0.25, "q")])

@@ -39,10 +39,13 @@ def wants_viewer(mode: str) -> bool:
 class SceneViewer:
     """A session ``on_tick`` hook that shows ``camera`` at ``height`` x ``width`` pixels, ``fps`` per second."""
 
-    def __init__(self, camera: str | None = None, height: int = 180, width: int = 240, fps: float = 5.0) -> None:
+    def __init__(self, camera: str | None = None, height: int = 180, width: int = 240, fps: float = 5.0,
+                 backend: str = "TkAgg") -> None:
         if not fps > 0:
             raise ValueError(f"viewer fps must be > 0, got {fps}")
         self.camera, self.height, self.width = camera, height, width
+        #: matplotlib backend: a window backend (Tk); tests draw into Agg, off screen
+        self.backend = backend
         self._interval = 1.0 / fps
         self._last = -float("inf")
         self._plt: Any = None
@@ -52,17 +55,20 @@ class SceneViewer:
     def __enter__(self) -> Self:
         import matplotlib
 
-        matplotlib.use("TkAgg")  # a window backend; the default may be Agg (files only) on a headless install
+        # a window backend: the default may be Agg (files only) on a headless install
+        matplotlib.use(self.backend)
         import matplotlib.pyplot as plt
 
         self._plt = plt
-        plt.ion()
+        if self.backend.lower() != "agg":
+            plt.ion()
         self._fig, ax = plt.subplots(figsize=(self.width / 60, self.height / 60))
         self._image = ax.imshow(np.zeros((self.height, self.width, 3), dtype=np.uint8))
         ax.set_axis_off()
         self._fig.canvas.manager.set_window_title("robot-policy teleop")
         self._fig.tight_layout()
-        plt.show(block=False)
+        if self.backend.lower() != "agg":
+            plt.show(block=False)
         return self
 
     def __call__(self, status: SessionStatus, env: ManipulationEnv) -> None:
