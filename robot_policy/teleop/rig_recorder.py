@@ -4,12 +4,14 @@ A rig delivers streams, each a sequence of timestamped samples (seconds on one c
 stamps, or the arrival time for messages without a header): joint states, commands, camera frames. The
 recorder turns them into control-rate steps:
 
-* ticks ``t_k = t_0 + k / control_hz``, ``t_0`` the first sample of the clock stream (the robot's joint
-  states) at or after the episode's start, up to its stop;
+* ticks ``t_k = t_0 + k / control_hz`` up to the episode's stop, ``t_0`` the first sample of the clock
+  stream (the robot's joint states) at or after the episode's start, shifted by the median phase of its
+  first few samples against that grid (a robot's timer jitters; one late sample must not place the grid);
 * at tick ``k`` every stream contributes, at its query time ``q = t_k + lead`` (``lead``: the stream's offset,
   see :class:`StreamSpec`), its sample nearest ``q``, or, for a command stream, the linear interpolation of
-  its trajectory points around ``q`` (joint_trajectory_controller's semantics); its skew is ``|stamp of the
-  nearest sample - q|``;
+  its trajectory points around ``q`` (joint_trajectory_controller's semantics: after the last point the
+  command is held, exactly, so a command stream can only be missing before its first point); its skew is
+  ``|stamp of the nearest sample - q|``;
 * a step is final once every stream has shown its sample for it (a sample stamped at or after ``q``; command
   streams, which a newer trajectory may still rewrite, only by time) or the clock has passed ``q +
   tolerance + latency``; a stream with no sample within its tolerance of ``q`` refuses the step
@@ -120,13 +122,16 @@ class StreamBuffer:
         return self.spec.kind == "sample" and bool(self.stamps) and self.stamps[-1] >= q
 
     def query(self, q: float) -> tuple[Value, float] | None:
-        """(value at ``q``, skew s) or None when the stream has no sample."""
+        """(value at ``q``, skew s) or None when the stream has no sample. A command past its last point is
+        that point, held (skew 0)."""
         if not self.stamps:
             return None
         i = bisect.bisect_left(self.stamps, q)
         lo, hi = max(i - 1, 0), min(i, len(self.stamps) - 1)
         j = lo if abs(self.stamps[lo] - q) <= abs(self.stamps[hi] - q) else hi
         skew = abs(self.stamps[j] - q)
+        if self.spec.kind == "command" and q >= self.stamps[-1]:
+            return self.values[-1], 0.0  # held, as the controller holds the last point: exact, not stale
         if self.spec.kind == "command" and lo != hi:
             w = (q - self.stamps[lo]) / (self.stamps[hi] - self.stamps[lo])
             return _blend(self.values[lo], self.values[hi], w), skew
@@ -171,9 +176,11 @@ class Aligner:
         control_hz: the tick rate (Hz).
         clock: the stream whose first sample in the episode is tick 0 (the robot's joint states).
         latency_s: transport delay allowed (s): how long after ``q + tolerance`` a step waits for a sample.
+        phase_samples: clock samples whose median phase places the tick grid (see :meth:`_anchor`).
     """
 
-    def __init__(self, streams: Sequence[StreamSpec], control_hz: float, clock: str, latency_s: float = 0.05) -> None:
+    def __init__(self, streams: Sequence[StreamSpec], control_hz: float, clock: str, latency_s: float = 0.05,
+                 phase_samples: int = 5) -> None:
         names = [s.name for s in streams]
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"aligner: stream names must be unique and at least one, got {names}")
@@ -185,6 +192,7 @@ class Aligner:
         self.period = 1.0 / control_hz
         self.clock = clock
         self.latency_s = latency_s
+        self.phase_samples = max(1, int(phase_samples))
         # how long a sample can matter after its stamp: the widest lead + tolerance + latency, and a period
         self._horizon = max(s.lead_s + s.tolerance_s for s in streams) + latency_s + self.period
         self._reset()
@@ -246,10 +254,7 @@ class Aligner:
         """The steps that became final by clock time ``now`` (s), in order."""
         out: list[AlignedStep | RefusedStep] = []
         if self.t_start is not None and self.t0 is None:
-            clock = self.buffers[self.clock]
-            i = bisect.bisect_left(clock.stamps, self.t_start)
-            if i < len(clock.stamps) and (self.t_stop is None or clock.stamps[i] <= self.t_stop):
-                self.t0 = clock.stamps[i]
+            self.t0 = self._anchor()
         while self.t0 is not None:
             t = self.tick(self.next_index)
             if self.t_stop is not None and t > self.t_stop + _EPS:
@@ -266,6 +271,20 @@ class Aligner:
         for b in self.buffers.values():
             b.prune(keep_from + b.spec.lead_s - b.spec.tolerance_s)
         return out
+
+    def _anchor(self) -> float | None:
+        """Tick 0: the clock stream's first sample from the start on, moved by the median phase of its first
+        ``phase_samples`` samples against the tick grid, so that one late first sample does not put every tick
+        off the stream (None while those samples are still to come)."""
+        assert self.t_start is not None
+        clock = self.buffers[self.clock]
+        i = bisect.bisect_left(clock.stamps, self.t_start)
+        end = len(clock.stamps) if self.t_stop is None else bisect.bisect_right(clock.stamps, self.t_stop)
+        s = np.asarray(clock.stamps[i:min(end, i + self.phase_samples)])
+        if s.size == 0 or (s.size < self.phase_samples and self.t_stop is None):
+            return None
+        phase = (s - s[0] + self.period / 2) % self.period - self.period / 2  # each sample's offset from the grid
+        return float(s[0] + np.median(phase))
 
     def _step(self, index: int, t: float) -> AlignedStep | RefusedStep:
         values: dict[str, Value] = {}

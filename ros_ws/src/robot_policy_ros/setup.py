@@ -23,6 +23,7 @@ setup(
         "console_scripts": [
             f"policy_node = {PACKAGE}.policy_node:main",
             f"sim_robot_node = {PACKAGE}.sim_robot_node:main",
+            f"record_node = {PACKAGE}.record_node:main",
         ],
     },
 )
