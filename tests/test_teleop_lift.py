@@ -13,6 +13,7 @@ import torch
 from robot_policy.cli.main import main
 from robot_policy.data.store import EpisodeStore
 from robot_policy.models import checkpoint as ckpt
+from robot_policy.spaces.unified import slot
 from tests.teleop_streams import lift_key_stream
 
 DATA = Path(__file__).parent / "data"
@@ -60,3 +61,52 @@ def test_a_recorded_keyboard_stream_lifts_the_tray_and_the_episodes_validate_and
     finally:
         torch.set_num_threads(threads)
     assert ckpt.latest_checkpoint(run) is not None
+
+
+@pytest.mark.slow
+def test_a_terminal_session_typed_into_a_pty_records_an_episode(tmp_path: Path) -> None:
+    """The live keyboard path: the CLI on a pseudo-terminal, paced in real time, keys typed as a user would."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    store = tmp_path / "typed.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "robot_policy.cli.main", "teleop", f"out={store}", "viewer=off"],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "TERM": "xterm"})
+    os.close(slave)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 60.0) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            assert time.monotonic() < deadline, f"no {marker!r} in the terminal output: {seen[-2000:]!r}"
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        read_until(b"IDLE")  # the status line is up: the session ticks
+        os.write(master, b"n")
+        read_until(b"REC")
+        os.write(master, b"rrrr")  # 4 presses: 20 mm up
+        time.sleep(1.0)
+        os.write(master, b"\r")
+        read_until(b"saved episode 0")
+        os.write(master, b"q")
+        assert proc.wait(timeout=30) == 0, seen[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    with EpisodeStore.open(store) as s:
+        assert s.n_episodes == 1
+        z = s.get_episode(0)["state"][:, slot("right_eef_pos")][:, 2]  # right end-effector z, base frame (m)
+    assert z[-1] - z[0] == pytest.approx(0.02, abs=0.004)
