@@ -60,7 +60,8 @@ class TeleopConfig:
     events: str | None = None
     #: spacemouse / leader: a recorded key stream for the episode keys; None = the terminal
     keys: str | None = None
-    #: also write the raw input read live to this stream file (replay it with events=FILE)
+    #: also write the raw input read live to this stream file (replay it with events=FILE); with a SpaceMouse
+    #: the episode keys typed at the terminal go beside it, to <name>.keys.jsonl (replay with keys=)
     record_events: str | None = None
     #: seed of the first episode; each started episode takes the next
     seed: int = 0
@@ -104,6 +105,9 @@ class TeleopConfig:
         if self.device == "keyboard" and self.keys is not None:
             raise ValueError("keys: with device=keyboard the keys are the device; give the recorded stream as "
                              "events=FILE")
+        if self.device == "leader" and self.record_events is not None:
+            raise ValueError("record_events: leader arms are ROS 2 topics; record them as a bag (the episode "
+                             "keys alone would not replay the session)")
         if self.events is not None and self.record_events is not None:
             raise ValueError("record_events: a replayed stream (events=) is already recorded")
         if not -1 <= self.domain_id <= 101:
@@ -119,9 +123,17 @@ def _keyboard(cfg: TeleopConfig, spec: EmbodimentSpec, hz: float) -> TeleopDevic
     return KeyboardDevice(_key_source(cfg.events), teleop, record_to=cfg.record_events)
 
 
+def keys_record_path(record_events: str) -> Path:
+    """Where a SpaceMouse session recording ``record_events`` writes the episode keys typed beside it."""
+    path = Path(record_events)
+    return path.with_name(path.stem + ".keys.jsonl")
+
+
 def _episode_keys(cfg: TeleopConfig, spec: EmbodimentSpec, hz: float) -> TeleopDevice:
     """The keyboard next to a SpaceMouse or leader arms, for the episode keys (its motion keys work too)."""
-    return KeyboardDevice(_key_source(cfg.keys), KeyboardTeleop(tuple(arm_layouts(spec)), hz, cfg.keyboard))
+    record = keys_record_path(cfg.record_events) if cfg.record_events is not None else None
+    return KeyboardDevice(_key_source(cfg.keys), KeyboardTeleop(tuple(arm_layouts(spec)), hz, cfg.keyboard),
+                          record_to=record)
 
 
 def _spacemouse(cfg: TeleopConfig, spec: EmbodimentSpec, hz: float) -> TeleopDevice:
