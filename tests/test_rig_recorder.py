@@ -101,13 +101,16 @@ def test_a_newer_trajectory_replaces_the_points_from_its_first_on() -> None:
     al = Aligner([StreamSpec("joints", 0.02), StreamSpec("cmd", 0.06, "command")], HZ, clock="joints")
     al.add_points("cmd", [0.0, 0.1, 0.2, 0.3], [{"a": np.full(1, v)} for v in (0.0, 1.0, 2.0, 3.0)])
     al.add_points("cmd", [0.15, 0.25], [{"a": np.full(1, v)} for v in (10.0, 20.0)])
-    for k in range(7):
+    for k in range(10):
         al.add("joints", k * DT, {"x": np.zeros(1)})
     al.start(0.0)
-    al.stop(0.3)
-    got = [s.values["cmd"]["a"][0] for s in al.poll(now=5.0) if isinstance(s, AlignedStep)]
-    # 0, 0.5, 1 from the first; from 0.15 on the new points (0.2 and 0.3 are gone), the last one held after
-    np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 10.0, 15.0, 20.0, 20.0])
+    al.stop(0.45)
+    steps = [s for s in al.poll(now=5.0) if isinstance(s, AlignedStep)]
+    got = [s.values["cmd"]["a"][0] for s in steps]
+    # 0, 0.5, 1 from the first; from 0.15 on the new points (0.2 and 0.3 are gone), the last one held after it,
+    # however long (the controller holds it): not a stale command
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 10.0, 15.0, 20.0, 20.0, 20.0, 20.0, 20.0])
+    assert [s.skew_s["cmd"] for s in steps[5:]] == [0.0] * 5
 
 
 # ---- episodes into a store -----------------------------------------------------------------------------------
