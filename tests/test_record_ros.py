@@ -1,7 +1,8 @@
 """robot-policy record over real ROS 2 (rclpy, Fast DDS on loopback, three processes): the scripted expert of
 pybullet_bimanual_lift drives ``sim_robot_node`` through per-arm JointTrajectory commands while a camera topic
 streams frames, and ``robot-policy record`` records it. The episode validates, every stream is aligned within
-one control period, the camera's CameraInfo K and the rig's extrinsics are in the store, and replaying the
+one control period, the camera's calibration file (K, distortion, pose) is in the store and shown by
+``dataset info``, and replaying the
 episode by its actions in sim lifts the tray again."""
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ SEED = 3
 CAM_W, CAM_H = 32, 24
 CAM_K = [[40.0, 0.0, 15.5], [0.0, 40.0, 11.5], [0.0, 0.0, 1.0]]
 CAM_T = [[1.0, 0.0, 0.0, 0.6], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.2], [0.0, 0.0, 0.0, 1.0]]
+# the camera's calibration file (robot-policy calibrate's format): K, lens and pose differ from what the topic
+# and the rig config say, so the store shows which one won
+CALIB_K = [[41.25, 0.0, 15.75], [0.0, 41.5, 11.25], [0.0, 0.0, 1.0]]
+CALIB_D = [-0.21, 0.05, 0.001, -0.002, 0.0]
+CALIB_T = [[1.0, 0.0, 0.0, 0.612], [0.0, 1.0, 0.0, -0.004], [0.0, 0.0, 1.0, 1.195], [0.0, 0.0, 0.0, 1.0]]
 
 
 def _expert_actions(seed: int) -> tuple[np.ndarray, Any]:
@@ -194,8 +200,13 @@ def test_recording_the_sim_robot_driven_by_the_expert_validates_aligns_and_repla
     flat = spec.action.unified_to_flat(actions)  # (T, n): rad, finger gap m
     dt = 1.0 / spec.control_hz
     rig = yaml.safe_load((CONFIG_DIR / "rig" / "sim_panda_bimanual.yaml").read_text())
+    from robot_policy.calib.rig_file import CameraCalibration, save_camera_calibration
+
+    calib_file = save_camera_calibration(tmp_path / "calib" / "front.yaml", CameraCalibration(
+        camera="front", width=CAM_W, height=CAM_H, K=np.array(CALIB_K), distortion=np.array(CALIB_D),
+        distortion_model="plumb_bob", serial=None, T_rig_camera=np.array(CALIB_T), rig_frame="right_base"))
     rig["cameras"] = {"front": {"topic": "/camera/front/image_raw", "info": "/camera/front/camera_info",
-                                "extrinsics": CAM_T}}
+                                "extrinsics": CAM_T, "calibration": str(calib_file)}}
     rig["tolerance_s"]["front"] = 0.02  # 30 fps: the nearest frame is within 17 ms
     # the sim's timer on a shared 2-core machine is now and then a period late: such a step is refused (the
     # unit tests check that and the discard policy); here it is left out rather than failing the run
@@ -260,8 +271,12 @@ def test_recording_the_sim_robot_driven_by_the_expert_validates_aligns_and_repla
     assert all(v < period_ms for v in skew.values()), skew  # aligned within one control period
     assert validate_store(store) == []
     s = EpisodeStore.open(store)
-    np.testing.assert_allclose(np.asarray(s.cameras["front"].intrinsics), CAM_K)
-    np.testing.assert_allclose(np.asarray(s.cameras["front"].extrinsics), CAM_T)
+    # the calibration file, not the topic's K or the config's extrinsics, is what the store records
+    front = s.cameras["front"]
+    np.testing.assert_allclose(np.asarray(front.intrinsics), CALIB_K)
+    np.testing.assert_allclose(np.asarray(front.distortion), CALIB_D)
+    np.testing.assert_allclose(np.asarray(front.extrinsics), CALIB_T)
+    assert front.distortion_model == "plumb_bob" and front.calibrated_at is not None
     ep = s.get_episode(0)
     assert int(ep["seed"]) == SEED and ep["images/front"].shape[1:] == (CAM_H, CAM_W, 3)
     periods = np.diff(ep["timestamp"]) / dt  # one step per control period, but where a step was refused
@@ -270,6 +285,12 @@ def test_recording_the_sim_robot_driven_by_the_expert_validates_aligns_and_repla
     frames = ep["images/front"][:, 0, 0, 0].astype(int)
     assert (np.diff(frames) % 256 >= 1).all()  # 30 fps into 20 Hz: every step a newer frame
     s.close()
+    info = subprocess.run([sys.executable, "-m", "robot_policy.cli.main", "dataset", "info", str(store)],
+                          check=False, capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert info.returncode == 0, info.stderr
+    assert "fx 41.25 fy 41.50 cx 15.75 cy 11.25 px" in info.stdout and "plumb_bob [-0.21, 0.05" in info.stdout, \
+        info.stdout
+    assert "T_rig_camera t = [0.6120, -0.0040, 1.1950] m" in info.stdout, info.stdout
     rc = main(["replay", f"store={store}", "episode=0", "target=sim", "mode=actions", f"out={tmp_path / 'replay'}",
                "video=false"])
     replay = json.loads((tmp_path / "replay" / "replay.json").read_text())

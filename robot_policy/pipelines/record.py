@@ -9,7 +9,7 @@ topic, or by pauses in the commands (the rig config's ``episodes``); every finis
 refused steps, skew per stream) is published on ``/record/report`` and collected in the returned summary.
 
 The store is created at the first episode's start, when every camera has shown its size and intrinsics.
-What is ROS-free and shared with any source lives here: the store's cameras (with the calibration hook) and
+What is ROS-free and shared with any source lives here: the store's cameras (with their calibration files) and
 opening the store.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from robot_policy.calib.rig_file import load_camera_calibration
 from robot_policy.data.store import CameraInfo, EpisodeStore, StoreError
 from robot_policy.envs.registry import load_task_config
 from robot_policy.runtime.dds import loopback_env
@@ -74,20 +75,26 @@ class RecordConfig:
 
 # ---- cameras and the store ---------------------------------------------------------------------------------
 
-def apply_calibration(camera: CameraSpec, k: np.ndarray | None,
-                      extrinsics: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The camera's intrinsics K (3, 3) and extrinsics T_rig_camera (4, 4) after its ``calibration:`` file.
+def calibrated_camera(camera: CameraSpec, height: int, width: int, k: np.ndarray | None,
+                      extrinsics: np.ndarray | None) -> CameraInfo:
+    """The store's record of one rig camera: what the camera reported (size, factory / CameraInfo-topic K) and
+    the rig config's extrinsics, replaced by its ``calibration:`` file where it has one.
 
-    HOOK(calibration): the loader of rig calibration files (robot_policy.calib.rig_file) plugs in here: read
-    ``camera.calibration``, take this camera's K (and distortion, serial, calibrated_at once CameraInfo holds
-    them) and T_rig_camera, and return them instead of the factory / topic values. Until it is wired, a
-    configured calibration file is an error rather than silently ignored.
+    The calibration file (``robot_policy.calib.rig_file``, written by ``robot-policy calibrate``) gives K,
+    distortion, serial, calibrated_at and, after hand-eye, T_rig_camera (which wins over the config's
+    ``extrinsics``). A stale file (too old, or another camera's serial) warns and is used; one made for
+    another image size is an error, since its K would be wrong in every pixel.
     """
     if camera.calibration is None:
-        return k, extrinsics
-    raise NotImplementedError(f"camera {camera.name}: calibration: {camera.calibration} is configured, but "
-                              "calibration files are not wired into recording yet (robot_policy.pipelines.record."
-                              "apply_calibration); remove the key to record with the factory / topic intrinsics")
+        return CameraInfo(int(height), int(width), k, extrinsics)
+    calib = load_camera_calibration(camera.calibration, expected_serial=camera.realsense)
+    if (calib.height, calib.width) != (int(height), int(width)):
+        raise ValueError(f"camera {camera.name}: calibration {camera.calibration} is for {calib.width}x"
+                         f"{calib.height} images, the camera streams {int(width)}x{int(height)}")
+    info = calib.to_camera_info()
+    if info.extrinsics is None and extrinsics is not None:
+        info = dataclasses.replace(info, extrinsics=extrinsics)
+    return info
 
 
 def camera_infos(rig: RigConfig, measured: Mapping[str, tuple[int, int, np.ndarray | None]]) -> dict[str, CameraInfo]:
@@ -100,8 +107,7 @@ def camera_infos(rig: RigConfig, measured: Mapping[str, tuple[int, int, np.ndarr
     for name, cam in rig.cameras.items():
         h, w, k = measured[name]
         extr = None if cam.extrinsics is None else np.asarray(cam.extrinsics, np.float64)
-        k, extr = apply_calibration(cam, k, extr)
-        out[name] = CameraInfo(int(h), int(w), k, extr)
+        out[name] = calibrated_camera(cam, h, w, k, extr)
     return out
 
 
@@ -195,4 +201,4 @@ def run_record(cfg: RecordConfig) -> dict[str, Any]:
             "episodes": reports, "committed": len(committed), "max_skew_ms": skew}
 
 
-__all__ = ["RecordConfig", "apply_calibration", "camera_infos", "make_aligner", "make_recorder", "open_record_store", "run_record"]
+__all__ = ["RecordConfig", "calibrated_camera", "camera_infos", "make_aligner", "make_recorder", "open_record_store", "run_record"]
