@@ -75,10 +75,12 @@ def camera_infos(env: ManipulationEnv) -> dict[str, CameraInfo]:
     return infos
 
 
-def _open_store(task: TaskConfig, cfg: CollectConfig, env: ManipulationEnv, noise: float) -> EpisodeStore:
-    """The store to record into: appended to (same embodiment and task), or created."""
-    out = Path(cfg.out)
-    if out.exists() and cfg.append:
+def open_task_store(task: TaskConfig, env: ManipulationEnv, out: str | Path, *, append: bool, overwrite: bool,
+                    provenance: dict[str, Any]) -> EpisodeStore:
+    """The store a simulated task records into (``collect``, ``teleop``): the existing one at ``out`` with
+    ``append`` (it must hold the same embodiment and task), else a new one with the env's cameras."""
+    out = Path(out)
+    if out.exists() and append:
         store = EpisodeStore.open(out, mode="a")
         recorded_task = (store.attrs.get("task") or {}).get("name")
         problem = None
@@ -90,8 +92,8 @@ def _open_store(task: TaskConfig, cfg: CollectConfig, env: ManipulationEnv, nois
             store.close()
             raise ValueError(f"{out} {problem}")
         return store
-    return EpisodeStore.create(out, env.embodiment, cameras=camera_infos(env), overwrite=cfg.overwrite,
-                               provenance={"source": cfg.source, "noise": noise}, task=dataclasses.asdict(task))
+    return EpisodeStore.create(out, env.embodiment, cameras=camera_infos(env), overwrite=overwrite,
+                               provenance=provenance, task=dataclasses.asdict(task))
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def collect(task: TaskConfig, cfg: CollectConfig, progress: bool = True) -> dict
     env = make_env(task)
     try:
         expert = make_expert(env, noise=cfg.noise)
-        store = _open_store(task, cfg, env, expert.noise)
+        store = open_task_store(task, env, cfg.out, append=cfg.append, overwrite=cfg.overwrite,
+                                provenance={"source": cfg.source, "noise": expert.noise})
         with store:
             plan = plan_collection(cfg, np.asarray(store.episode_meta()[fmt.SEED], np.int64))
             attempts, successes, written, steps = 0, 0, 0, 0

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robot_policy.data.store import EpisodeStore
 from robot_policy.envs.base import ManipulationEnv, TaskConfig
 from robot_policy.envs.registry import make_env
-from robot_policy.pipelines.collect import camera_infos
+from robot_policy.pipelines.collect import open_task_store
 from robot_policy.runtime.dds import loopback_env, require_loopback
 from robot_policy.spaces.embodiment import EmbodimentSpec
 from robot_policy.teleop.device import CompositeDevice, TeleopDevice
@@ -153,27 +152,6 @@ DEVICES: dict[str, Callable[[TeleopConfig, EmbodimentSpec, float], TeleopDevice]
 }
 
 
-def _open_store(task: TaskConfig, cfg: TeleopConfig, env: ManipulationEnv, device: str) -> EpisodeStore:
-    """The store to record into: appended to (same embodiment and task), or created."""
-    out = Path(cfg.out)
-    if out.exists() and cfg.append:
-        store = EpisodeStore.open(out, mode="a")
-        recorded_task = (store.attrs.get("task") or {}).get("name")
-        problem = None
-        if store.embodiment.name != env.embodiment.name:
-            problem = f"holds embodiment {store.embodiment.name}, task {task.name} uses {env.embodiment.name}"
-        elif recorded_task not in (None, task.name):
-            problem = f"holds task {recorded_task}; record {task.name} into its own store"
-        if problem is not None:
-            store.close()
-            raise ValueError(f"{out} {problem}")
-        return store
-    return EpisodeStore.create(out, env.embodiment, cameras=camera_infos(env), overwrite=cfg.overwrite,
-                               provenance={"source": "teleop", "device": device,
-                                           **({"events": cfg.events} if cfg.events else {})},
-                               task=dataclasses.asdict(task))
-
-
 @contextlib.contextmanager
 def ros_environment(cfg: TeleopConfig, log_dir: Path) -> Iterator[None]:
     """For leader arms: the loopback DDS variables in this process for the session, restored after."""
@@ -211,7 +189,9 @@ def teleop(task: TaskConfig, cfg: TeleopConfig, status: bool = True) -> dict[str
         hooks: list[Callable[[SessionStatus, ManipulationEnv], None]] = []
         with contextlib.ExitStack() as stack:
             stack.enter_context(ros_environment(cfg, Path(cfg.out).parent / "ros_logs"))
-            store = stack.enter_context(_open_store(task, cfg, env, device.name))
+            provenance = {"source": "teleop", "device": device.name, **({"events": cfg.events} if cfg.events else {})}
+            store = stack.enter_context(open_task_store(task, env, cfg.out, append=cfg.append,
+                                                        overwrite=cfg.overwrite, provenance=provenance))
             stack.enter_context(device)
             if status:
                 hooks.append(stack.enter_context(StatusLine()))
