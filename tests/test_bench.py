@@ -45,3 +45,13 @@ def test_bench_rejects_unknown_options() -> None:
     from robot_policy.cli import bench as bench_cli
 
     assert bench_cli.main(["nonsense"]) == 2
+
+
+def test_a_bench_section_label_gets_its_own_output_name() -> None:
+    from robot_policy.bench.runner import split_section
+
+    assert split_section("runtime", ["parts=[delay]"]) == ("runtime", None, ["parts=[delay]"])
+    assert split_section("runtime", ["section=rtc_h32", "parts=[delay]"]) == ("runtime_rtc_h32", "rtc_h32",
+                                                                               ["parts=[delay]"])
+    with pytest.raises(ConfigError, match="section="):
+        split_section("runtime", ["section=../x"])

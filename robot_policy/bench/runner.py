@@ -13,12 +13,14 @@ the benchmark's section of BENCHMARKS.md.
           scheme (checkpoint=DIR, a trained one)
 
 Options are the fields of each benchmark's config, e.g. `robot-policy bench data seconds=3`.
-`robot-policy bench NAME --help` lists them.
+`robot-policy bench NAME --help` lists them. `section=LABEL` writes a variant's results (another checkpoint,
+one part) to bench_NAME_LABEL.json and a section of its own instead of replacing the main one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -167,11 +169,29 @@ BENCHES: dict[str, tuple[Callable[[list[str]], tuple[str, list[Row], dict[str, A
 }
 
 
+def split_section(name: str, overrides: list[str]) -> tuple[str, str | None, list[str]]:
+    """Take ``section=LABEL`` out of a benchmark's overrides: the run then writes ``bench_<name>_<LABEL>.json``
+    and a BENCHMARKS.md section of its own, so a variant (another checkpoint, one part) does not replace the
+    benchmark's main table. Returns (output name, label or None, the other overrides)."""
+    labels = [o.split("=", 1)[1] for o in overrides if o.startswith("section=")]
+    rest = [o for o in overrides if not o.startswith("section=")]
+    if not labels:
+        return name, None, rest
+    label = labels[-1]
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", label):
+        raise ConfigError(f"section={label!r}: use lower-case letters, digits and underscores (it names a file)")
+    return f"{name}_{label}", label, rest
+
+
 def run_bench(name: str, overrides: list[str], command: str) -> tuple[Path, list[Row]]:
-    """Run benchmark ``name`` with ``key=value`` overrides; write its JSON and BENCHMARKS.md section."""
+    """Run benchmark ``name`` with ``key=value`` overrides; write its JSON and BENCHMARKS.md section
+    (``section=LABEL``: a section of its own, see :func:`split_section`)."""
     if name not in BENCHES:
         raise ConfigError(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHES)}")
     run, _ = BENCHES[name]
+    out_name, label, overrides = split_section(name, overrides)
     title, rows, results, notes = run(overrides)
-    return write_results(name, title, rows, results, command, notes), rows
+    if label is not None:
+        title = f"{title} ({label})"
+    return write_results(out_name, title, rows, results, command, notes), rows
 
