@@ -55,3 +55,16 @@ def test_a_bench_section_label_gets_its_own_output_name() -> None:
                                                                                ["parts=[delay]"])
     with pytest.raises(ConfigError, match="section="):
         split_section("runtime", ["section=../x"])
+
+
+def test_the_delay_sweep_plot_takes_rates_of_0_and_100_percent(tmp_path: Path) -> None:
+    from robot_policy.bench.runtime import plot_delay_sweep
+    from robot_policy.eval.stats import wilson_interval
+
+    def cell(k: int, n: int) -> dict[str, float]:
+        low, high = wilson_interval(k, n)
+        return {"success_rate": k / n, "ci95_low": low, "ci95_high": high}
+
+    sweep = {"rtc": {"0.0": cell(30, 30), "300.0": cell(29, 30)}, "sync": {"0.0": cell(3, 30), "300.0": cell(0, 30)}}
+    out = plot_delay_sweep(sweep, tmp_path / "sweep.png", "test")
+    assert Path(out).stat().st_size > 1000

@@ -420,6 +420,7 @@ def plot_delay_sweep(sweep: dict[str, Any], path: Path, title: str) -> Path:
         rate = np.array([100 * c["success_rate"] for c in cells.values()])
         err = np.array([[100 * (c["success_rate"] - c["ci95_low"]), 100 * (c["ci95_high"] - c["success_rate"])]
                         for c in cells.values()]).T  # (2, delays): below, above
+        err = np.clip(err, 0.0, None)  # at 0% or 100% the Wilson bound equals the rate up to rounding (1 - 1e-16)
         shift = (i - (len(schemes) - 1) / 2) * 4.0  # ms: side by side, so the bars do not cover each other
         ax.errorbar(delays + shift, rate, yerr=err, fmt="o-", capsize=3, label=scheme)
     ax.set_xlabel("injected inference delay (ms)")
