@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         summary = run_record(cfg)
     except ValueError as e:  # a malformed rig config (RigConfigError) or mapping
         return fail(str(e))
-    except (StoreError, RuntimeError, TimeoutError, NotImplementedError, OSError) as e:
+    except (StoreError, RuntimeError, TimeoutError, OSError) as e:
         return fail(str(e), code=1)
     for r in summary["episodes"]:
         what = f"episode {r['index']}" if r["index"] is not None else f"discarded ({r['discarded']})"

@@ -313,7 +313,7 @@ class RecordNode(Node):
     def _answer(self, response: Any, action: Callable[[], str]) -> Any:
         try:
             response.message, response.success = action(), True
-        except (RuntimeError, StoreError, ValueError, NotImplementedError) as e:
+        except (RuntimeError, StoreError, ValueError) as e:
             response.message, response.success = str(e), False
             self.get_logger().warning(f"refused: {e}")
         return response
@@ -354,7 +354,7 @@ class RecordNode(Node):
             else:
                 raise ValueError(f"marker {text!r}: expected 'start[: instruction]', 'end[: success|failure]' or "
                                  "'discard'")
-        except (RuntimeError, StoreError, ValueError, NotImplementedError) as e:
+        except (RuntimeError, StoreError, ValueError) as e:
             self.get_logger().warning(f"{self.rig.episodes.topic}: {e}")
 
     # ---- shutdown -----------------------------------------------------------------------------------
