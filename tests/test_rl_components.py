@@ -531,9 +531,14 @@ def test_residual_ppo_iteration_collects_a_consistent_batch_and_updates(base: Fr
     assert episodes == [(300, False, 12)]
     assert batch["done"][:, 0].tolist() == [0.0] * 11 + [1.0] + [0.0] * 4
     assert batch["feats"].shape == (16, 1, algo.features.dim) and batch["residual"].shape == (16, 1, 16)
+    # the critic's extra input is the elapsed fraction: 0/12 .. 11/12 over the first episode, then 0/12 again
+    elapsed = batch["critic_feats"][:, 0, -1]
+    torch.testing.assert_close(elapsed, torch.tensor([t / 12 for t in range(12)] + [t / 12 for t in range(4)]))
+    torch.testing.assert_close(batch["critic_feats"][..., :-1], batch["feats"])
     logp = algo.actor.distribution(batch["feats"][:, 0], batch["a_base"][:, 0]).log_prob(batch["residual"][:, 0])
     torch.testing.assert_close(batch["logp"][:, 0], logp.sum(-1))
-    last_value = algo.critic(*algo._inputs(rollout)[:2]).detach()
+    feats, a_base, _ = algo._inputs(rollout)
+    last_value = algo.critic(algo._critic_features(feats, rollout), a_base).detach()
     adv, ret = compute_gae(batch["reward"], batch["value"], batch["done"], last_value, cfg.gamma, cfg.gae_lambda)
     torch.testing.assert_close(batch["advantages"], adv)
     torch.testing.assert_close(batch["returns"], ret)

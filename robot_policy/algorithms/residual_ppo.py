@@ -4,9 +4,10 @@ The base is sampled with a deterministic sampler; its chunk is queued and execut
 env step a Gaussian residual policy sees [normalised observation clipped to +-3, current base action] and
 adds ``a = a_base + scale * r`` in normalised action space (used slots only). Its last layer starts at zero,
 so before any update the composite is the base. PPO's ratio is on the pre-scale residual ``r``; the critic
-is a separate network on the same input. Reward: the env's sparse success (1 on the success step, which
-ends the episode), divided by a running std of the discounted return. A time-out ends the episode with no
-bootstrap: the task is "succeed within max_steps", so running out of time is failure, not a cut.
+is a separate network on the same input plus the episode's elapsed fraction (``critic_time``). Reward: the
+env's sparse success (1 on the success step, which ends the episode), divided by a running std of the
+discounted return. A time-out ends the episode with no bootstrap: the task is "succeed within max_steps",
+so running out of time is failure, not a cut.
 
 Read top to bottom: config, the rollout (``collect``), GAE, the update, the step the composite takes.
 Hyper-parameters are METHODS.md's (gamma 0.999, lambda 0.95, clip 0.2, no entropy bonus, value coef 1, grad
@@ -68,6 +69,12 @@ class ResidualPPOConfig:
     #: decay to 0 (ResiP: cosine). Only env steps drive it, so a seeded run is reproducible; a run stopped by
     #: ``max_wall_minutes`` first ends part-way along it
     lr_schedule: str = "cosine"
+    #: the critic also sees the episode's elapsed fraction (control steps / the task's max_steps). A time-out is
+    #: a failure here (no bootstrap), so a state's value depends on the time left: a stall at step 190 of 200
+    #: is lost, the same stall at step 60 is not, and a critic blind to time averages the two (Pardo et al.,
+    #: "Time Limits in Reinforcement Learning", 2018). Only the critic sees it: the actor, and so the deployed
+    #: composite, needs no episode clock
+    critic_time: bool = True
 
     def __post_init__(self) -> None:
         if self.rollout_steps < 1 or self.update_epochs < 1 or self.num_minibatches < 1:
@@ -126,7 +133,7 @@ class ResidualPPO:
         act_dim = int(self.used.numel())
         torch.manual_seed(seed)  # network initialisation; every later draw uses self.generator
         self.actor = ResidualActor(self.features.dim, act_dim, cfg.hidden, cfg.log_std)
-        self.critic = ValueCritic(self.features.dim, act_dim, cfg.hidden)
+        self.critic = ValueCritic(self.features.dim + int(cfg.critic_time), act_dim, cfg.hidden)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=1e-5)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=1e-5)
         self.reward_scaler = RewardScaler(num_envs, cfg.gamma)
@@ -156,6 +163,12 @@ class ResidualPPO:
         state, obj = rollout.features_state()
         return self.features(state, obj), a_base_full[:, self.used], a_base_full
 
+    def _critic_features(self, feats: Tensor, rollout: VectorRollout) -> Tensor:
+        """The critic's input features: the actor's, plus the elapsed fraction with ``critic_time``, (N, F[+1])."""
+        if not self.cfg.critic_time:
+            return feats
+        return torch.cat([feats, rollout.elapsed_fraction()[:, None]], dim=1)
+
     def _execute(self, a_base_full: Tensor, residual: Tensor) -> np.ndarray:
         """Unified (N, 128) actions of ``a_base + scale * residual`` (normalised, used slots)."""
         a = a_base_full.clone()
@@ -174,18 +187,20 @@ class ResidualPPO:
         """``rollout_steps`` lockstep steps with sampled residuals. Returns the batch (T, N, ...) and the
         (seed, success, length) of every episode that ended."""
         T = self.cfg.rollout_steps
-        buf: dict[str, list[Tensor]] = {k: [] for k in ("feats", "a_base", "residual", "logp", "value", "reward",
-                                                         "done")}
+        buf: dict[str, list[Tensor]] = {k: [] for k in ("feats", "critic_feats", "a_base", "residual", "logp",
+                                                         "value", "reward", "done")}
         episodes: list[tuple[int, bool, int]] = []
         for _ in range(T):
             feats, a_base, a_full = self._inputs(rollout)
             dist = self.actor.distribution(feats, a_base)
             residual = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
+            critic_feats = self._critic_features(feats, rollout)  # before the step: it resets finished envs
             step = rollout.step(self._execute(a_full, residual))
             done = step.done
             reward = self.reward_scaler(step.reward, done)
-            for key, value in (("feats", feats), ("a_base", a_base), ("residual", residual),
-                               ("logp", dist.log_prob(residual).sum(-1)), ("value", self.critic(feats, a_base)),
+            for key, value in (("feats", feats), ("critic_feats", critic_feats), ("a_base", a_base),
+                               ("residual", residual), ("logp", dist.log_prob(residual).sum(-1)),
+                               ("value", self.critic(critic_feats, a_base)),
                                ("reward", torch.as_tensor(reward, dtype=torch.float32)),
                                ("done", torch.as_tensor(done, dtype=torch.float32))):
                 buf[key].append(value)
@@ -194,7 +209,8 @@ class ResidualPPO:
         batch = {k: torch.stack(v) for k, v in buf.items()}
         feats, a_base, _ = self._inputs(rollout)
         batch["advantages"], batch["returns"] = compute_gae(batch["reward"], batch["value"], batch["done"],
-                                                            self.critic(feats, a_base), self.cfg.gamma,
+                                                            self.critic(self._critic_features(feats, rollout), a_base),
+                                                            self.cfg.gamma,
                                                             self.cfg.gae_lambda)
         return batch, episodes
 
@@ -225,7 +241,8 @@ class ResidualPPO:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
                 entropy = dist.entropy().sum(-1).mean()
-                v_loss = 0.5 * (self.critic(flat["feats"][idx], flat["a_base"][idx]) - flat["returns"][idx]).pow(2).mean()
+                value = self.critic(flat["critic_feats"][idx], flat["a_base"][idx])
+                v_loss = 0.5 * (value - flat["returns"][idx]).pow(2).mean()
                 loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
                 self.actor_opt.zero_grad()
                 self.critic_opt.zero_grad()

@@ -44,6 +44,8 @@ class VectorEnvLike(Protocol):
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], Any, Any, Any, dict[str, Any]]: ...
 
+    def get_attr(self, name: str) -> tuple[Any, ...]: ...
+
 
 @dataclass
 class StepResult:
@@ -78,6 +80,8 @@ class VectorRollout:
         self.n = int(envs.num_envs)
         self.seeds = seeds
         self.execute_horizon = execute_horizon or base.default_execute_horizon
+        #: each env's time limit in control steps (its task's max_steps), (N,)
+        self.max_episode_steps = np.array([task.max_steps for task in envs.get_attr("task")], np.int64)
         if not 1 <= self.execute_horizon <= base.horizon:
             raise ValueError(f"execute_horizon={self.execute_horizon}: choose 1..{base.horizon} (the base's chunk)")
         self.histories = [base.new_history() for _ in range(self.n)]
@@ -172,6 +176,10 @@ class VectorRollout:
         return self.chunks[torch.arange(self.n), pos]
 
     # ---- stepping -------------------------------------------------------------------------------
+    def elapsed_fraction(self) -> Tensor:
+        """Each env's control steps so far over its time limit, (N,) in [0, 1)."""
+        return torch.as_tensor(self.episode_step / self.max_episode_steps, dtype=torch.float32)
+
     def features_state(self) -> tuple[Tensor, Tensor | None]:
         """The latest observation as tensors: state (N, 128) and object_state (N, Do) or None."""
         state = torch.as_tensor(self.obs[OBS_STATE], dtype=torch.float32)
