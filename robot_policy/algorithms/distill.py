@@ -2,9 +2,15 @@
 
 The student is the teacher's own network (an :class:`~robot_policy.models.rdt.RDTPolicyModel`, warm-started
 from the teacher's weights) run as DDIM with eta 0 for K = ``steps`` denoiser calls. Because it is the same
-network and an ordinary sampler, its checkpoint is an ordinary diffusion checkpoint whose
+architecture and an ordinary sampler, its checkpoint is an ordinary diffusion checkpoint whose
 ``diffusion.sampler`` / ``num_inference_steps`` say ddim / K (:func:`student_diffusion_config`), and the map
 initial noise w -> chunk is kept: a latent-noise (DSRL) actor trained on the teacher applies to the student.
+
+A shallower student (``student_depth`` < the teacher's depth) makes each denoiser call cheaper, which a
+1-step student needs to be more than ``teacher steps`` times faster per chunk (the per-chunk glue is not
+free). Its config is the teacher's with ``depth`` replaced; every parameter outside the transformer blocks
+(embedders, adaptors, position embeddings, observation encoder, final layer) is the teacher's, and its blocks
+are teacher blocks chosen by :func:`student_blocks`.
 
 Losses (``DistillConfig.loss``, registry :data:`LOSSES`), all on normalised actions:
 
@@ -27,7 +33,7 @@ Shape letters: B batch, Ta horizon, Da = 128, He executed actions per chunk.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +49,10 @@ class DistillConfig:
 
     #: student denoiser calls per chunk (DDIM, eta 0); 1 or 2 is what distillation is for
     steps: int = 1
+    #: transformer blocks of the student (>= 2, at most the teacher's depth); null = the teacher's depth. A
+    #: shallower student's denoiser call is cheaper; its blocks are the teacher's, chosen so that the first and
+    #: (for an even depth) the last stay and each keeps its kind of cross-attention (language / observations)
+    student_depth: int | None = None
     #: loss: same_noise (regress the teacher's chunk from the same noise), ctm (consistency-trajectory +
     #: denoising, EMA target) or regress_actions (given target chunks: a residual composite's executed
     #: actions); null = regress_actions for a residual composite teacher, else same_noise
@@ -74,6 +84,9 @@ class DistillConfig:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         if self.steps < 1:
             raise ValueError(f"steps: the student's denoiser calls must be >= 1, got {self.steps}")
+        if self.student_depth is not None and self.student_depth < 2:
+            raise ValueError(f"student_depth: must be >= 2 (one language and one observation cross-attention "
+                             f"block) or null for the teacher's depth, got {self.student_depth}")
         if self.loss is not None and self.loss not in LOSSES:
             raise ValueError(f"loss: unknown {self.loss!r}; losses: {', '.join(LOSSES)}")
         if self.teacher_sampler is not None and self.teacher_sampler not in ("ddim", "dpmsolver++"):
@@ -98,6 +111,60 @@ def student_diffusion_config(teacher: DiffusionConfig, steps: int) -> DiffusionC
 
 def student_sampler(teacher: DiffusionConfig, steps: int) -> Sampler:
     return Sampler(student_diffusion_config(teacher, steps))
+
+
+#: state-dict prefix of the transformer blocks (``RDT.blocks``): the only parameters a shallow student drops
+BLOCKS = "rdt.blocks."
+
+
+def student_blocks(teacher_depth: int, student_depth: int) -> list[int]:
+    """Which teacher block each student block copies: ``out[j]`` is the teacher's block index for student block j.
+
+    Block j cross-attends to language for even j and to observations for odd j (:class:`RDT`), so student block
+    j takes the teacher block of the same parity nearest to the evenly spaced position j (Mt - 1) / (Ms - 1)
+    (ties to the earlier block). The first block is the teacher's first (it reads the embeddings the copied
+    adaptors make), for an even depth of an even-depth teacher the last is the teacher's last (the copied final
+    layer reads it), the rest spread over the depth in order; equal depths give the identity. Depth 2 of 4:
+    [0, 3] (language block 0, observation block 3); 3 of 4: [0, 1, 2]; 4 of 6: [0, 1, 4, 5].
+
+    Raises:
+        ValueError: ``student_depth`` is below 2 or above ``teacher_depth``.
+    """
+    if not 2 <= student_depth <= teacher_depth:
+        raise ValueError(f"student_depth={student_depth}: choose 2..{teacher_depth} (the teacher's depth; 2 keeps "
+                         "one language and one observation cross-attention block)")
+    out = []
+    for j in range(student_depth):
+        target = j * (teacher_depth - 1) / (student_depth - 1)
+        same_kind = range(j % 2, teacher_depth, 2)
+        out.append(min(same_kind, key=lambda i: (abs(i - target), i)))
+    if out != sorted(set(out)):  # cannot happen for Ms <= Mt (tests check every pair to 28); guards the rule
+        raise AssertionError(f"student_blocks({teacher_depth}, {student_depth}) = {out} is not increasing")
+    return out
+
+
+def student_state_dict(teacher_state: Mapping[str, Tensor], blocks: Sequence[int]) -> dict[str, Tensor]:
+    """The shallow student's weights from the teacher's state dict: every entry outside ``rdt.blocks.`` as it
+    is, and student block j = teacher block ``blocks[j]`` (:func:`student_blocks`). Tensors are cloned."""
+    out = {k: v.clone() for k, v in teacher_state.items() if not k.startswith(BLOCKS)}
+    for j, i in enumerate(blocks):
+        src = f"{BLOCKS}{i}."
+        out.update({f"{BLOCKS}{j}.{k[len(src):]}": v.clone() for k, v in teacher_state.items() if k.startswith(src)})
+    return out
+
+
+def warm_started_student(teacher: RDTPolicyModel, steps: int, depth: int | None = None
+                         ) -> tuple[RDTPolicyModel, list[int]]:
+    """The student network warm-started from ``teacher``: its config is the teacher's with the student's
+    sampler (ddim / ``steps``) and ``depth`` blocks (None = the teacher's), its weights are
+    :func:`student_state_dict`'s (loaded strictly). Returns it (on the teacher's device) and its block map."""
+    cfg = teacher.cfg
+    blocks = student_blocks(cfg.depth, cfg.depth if depth is None else depth)
+    student_cfg = dataclasses.replace(cfg, depth=len(blocks), diffusion=student_diffusion_config(cfg.diffusion, steps))
+    device = next(teacher.parameters()).device
+    student = RDTPolicyModel(student_cfg).to(device)
+    student.load_state_dict(student_state_dict(teacher.state_dict(), blocks))
+    return student, blocks
 
 
 def run_sampler(model: RDTPolicyModel, cond: Conditions, noise: Tensor, sampler: Sampler) -> Tensor:

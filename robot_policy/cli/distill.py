@@ -2,11 +2,12 @@
 
 Distils a trained diffusion policy into a 1- or 2-step student: the teacher's network, warm-started from
 its weights, trained so that DDIM with `steps` calls from an initial noise w gives the teacher's chunk from
-the same w (loss=same_noise; loss=ctm: consistency-trajectory + denoising). States: every window of the
-demonstration store (the one the teacher records, or dataset=STORE) and of `rollout_episodes` teacher
-episodes. A DSRL composite teacher distils its base and pairs the kept noise actor with the student
-(DIR/composite); a residual composite teacher is distilled from its successful rollouts into one student
-that needs no residual.
+the same w (loss=same_noise; loss=ctm: consistency-trajectory + denoising). student_depth=N makes the student
+a shallower copy (N of the teacher's blocks, its other weights as they are): a cheaper denoiser call. States:
+every window of the demonstration store (the one the teacher records, or dataset=STORE) and of
+`rollout_episodes` teacher episodes. A DSRL composite teacher distils its base and pairs the kept noise
+actor with the student (DIR/composite); a residual composite teacher is distilled from its successful
+rollouts into one student that needs no residual.
 
 Writes DIR/checkpoints (the student: an ordinary diffusion checkpoint sampling ddim with `steps` calls, so
 `robot-policy eval policy=DIR/checkpoints/latest` runs it), DIR/metrics.jsonl, DIR/tb (TensorBoard) and, after
@@ -82,6 +83,7 @@ def main(argv: list[str]) -> int:
     except (FileExistsError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         return fail(str(e), code=1)
     summary = run_dir / "distill_summary.json"
-    print(f"distilled {cfg.teacher} into a {algo.steps}-step student; checkpoints in {run_dir / 'checkpoints'}"
+    depth = f" of depth {algo.student_depth}" if algo.student_depth is not None else ""
+    print(f"distilled {cfg.teacher} into a {algo.steps}-step student{depth}; checkpoints in {run_dir / 'checkpoints'}"
           + (f", summary {summary}" if summary.exists() else ""))
     return 0

@@ -11,8 +11,10 @@ Stages:
    records, or ``dataset=``) and every window of ``rollout_episodes`` teacher episodes on the seeds
    ``rollout_seed..`` (saved to ``rollout_states.safetensors`` and reused by a resumed run); each batch
    mixes them by ``demo_weight`` : ``rollout_weight``;
-3. train the student (the teacher's network, warm-started from its weights) for ``train_steps`` steps of
-   the loss in :mod:`robot_policy.algorithms.distill`, with AdamW, warm-up + cosine LR and EMA weights;
+3. train the student (the teacher's network, warm-started from its weights; with ``student_depth`` a
+   shallower one holding some of its blocks, :func:`~robot_policy.algorithms.distill.student_blocks`) for
+   ``train_steps`` steps of the loss in :mod:`robot_policy.algorithms.distill`, with AdamW, warm-up +
+   cosine LR and EMA weights;
 4. evaluate student and teacher on the tuning seeds ``eval_seed..`` (never the held-out seeds 1_000_000..
    of reported results, nor the rollout seeds).
 
@@ -47,8 +49,8 @@ from robot_policy.algorithms.distill import (
     DistillModels,
     distill_loss,
     same_noise_mse,
-    student_diffusion_config,
     student_sampler,
+    warm_started_student,
 )
 from robot_policy.algorithms.distill_states import TARGET, WindowMixture
 from robot_policy.envs.base import TaskConfig
@@ -249,14 +251,13 @@ def _setup(cfg: DistillRunConfig, algo: DistillConfig, task: TaskConfig, command
     execute_horizon = cfg.execute_horizon or own_horizon
     if not 1 <= execute_horizon <= base.horizon:
         raise ValueError(f"execute_horizon={execute_horizon}: choose 1..{base.horizon} (the teacher's chunk)")
+    # the warm start (the teacher's weights; a shallower student takes some of its blocks) comes before the
+    # rollouts, so a student_depth that does not fit fails at once
+    student, blocks = warm_started_student(base.model, algo.steps, algo.student_depth)
     sources, weights, states = gather_states(cfg, task, teacher, run_dir, execute_horizon)
-    student_policy = dataclasses.replace(base.model.cfg, diffusion=student_diffusion_config(base.model.cfg.diffusion,
-                                                                                           algo.steps))
-    student = RDTPolicyModel(student_policy).to(device)
-    student.load_state_dict(base.model.state_dict())  # the warm start: the teacher's weights
     ema = EMA(student, max_decay=algo.ema_max_decay, power=algo.ema_power)
     optimizer = torch.optim.AdamW(student.parameters(), lr=algo.lr, betas=algo.betas, weight_decay=algo.weight_decay)
-    config_json = _checkpoint_config(cfg, algo, task, teacher, student_policy, execute_horizon, states, command)
+    config_json = _checkpoint_config(cfg, algo, task, teacher, student.cfg, blocks, execute_horizon, states, command)
     start_step = 0
     if latest is not None:
         _check_resumable(ckpt.load_config(latest), config_json)
@@ -272,14 +273,16 @@ def _setup(cfg: DistillRunConfig, algo: DistillConfig, task: TaskConfig, command
 
 
 def _checkpoint_config(cfg: DistillRunConfig, algo: DistillConfig, task: TaskConfig, teacher: Teacher,
-                       student_policy: RDTConfig, execute_horizon: int, states: dict[str, Any],
+                       student_policy: RDTConfig, blocks: list[int], execute_horizon: int, states: dict[str, Any],
                        command: str) -> dict[str, Any]:
     """The student's config.json: the teacher's (normaliser, embodiments, languages, datasets, ...) with the
-    student's policy config (its sampler: ddim, ``steps``) and a ``distill`` record."""
+    student's policy config (its sampler: ddim, ``steps``; its depth) and a ``distill`` record (the teacher, its
+    depth and which of its blocks each student block started from)."""
     skip = ("step", "versions", "command", "lr_schedule")
     meta = {k: v for k, v in teacher.base.meta.items() if k not in skip}
     meta.update(policy=dataclasses.asdict(student_policy), execute_horizon=execute_horizon, command=command,
                 distill={"teacher": teacher.record(), "config": dataclasses.asdict(algo),
+                         "teacher_depth": teacher.base.model.cfg.depth, "student_blocks": blocks,
                          "run": dataclasses.asdict(cfg), "task": dataclasses.asdict(task), "states": states})
     return json.loads(json.dumps(meta, default=str))
 
