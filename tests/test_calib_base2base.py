@@ -12,15 +12,19 @@ from robot_policy.calib.boards import load_board
 from robot_policy.calib.handeye import invert, rotation_angle_deg
 from robot_policy.calib.intrinsics import CalibrationError
 from robot_policy.calib.render import Renderer, SyntheticCamera, _rigid, look_at
-from robot_policy.calib.rig_file import (
+from robot_policy.cli.main import main
+from robot_policy.data.rig_file import (
+    BASE_TO_BASE_FORMAT,
     HAND_EYE_FORMAT,
     CameraCalibration,
     FrameTransform,
+    StaleCalibrationWarning,
     load_base_to_base,
+    load_rig_base_to_base,
+    load_transform,
     save_camera_calibration,
     save_transform,
 )
-from robot_policy.cli.main import main
 
 T_RIGHT_LEFT = _rigid(np.array([0.0, 0.0, np.pi]), np.array([0.0, -0.82, 0.01]))  # the left base faces the right
 
@@ -60,7 +64,7 @@ def test_board_seen_by_two_cameras_command(tmp_path, capsys) -> None:
             cv2.imwrite(str(tmp_path / side / f"{k}.png"), r.render(invert(T_base_cam) @ T_base_board, rng))
         cal_path = save_camera_calibration(tmp_path / f"{side}_cam.yaml", CameraCalibration(
             camera=f"{side}_cam", width=cam.width, height=cam.height, K=cam.K, distortion=cam.distortion,
-            distortion_model="plumb_bob"))
+            distortion_model="plumb_bob", serial=f"{side}-serial"))
         paths[side] = save_transform(tmp_path / f"handeye_{side}.yaml", HAND_EYE_FORMAT, FrameTransform(
             T_base_cam, f"{side}_base", f"{side}_cam_optical", "synthetic"),
             extra={"mode": "eye_to_hand", "camera": f"{side}_cam", "camera_file": str(cal_path)})
@@ -75,6 +79,11 @@ def test_board_seen_by_two_cameras_command(tmp_path, capsys) -> None:
     deg = float(rotation_angle_deg(tf.T[:3, :3].T @ T_RIGHT_LEFT[:3, :3]))
     mm = np.linalg.norm(tf.T[:3, 3] - T_RIGHT_LEFT[:3, 3]) * 1e3
     assert deg < 0.3 and mm < 3.0, (deg, mm)
+    # the cameras it was seen through are in the file: a rig with another camera there gets a warning
+    assert load_transform(out, BASE_TO_BASE_FORMAT)[1]["cameras"] == {"right_cam": "right-serial",
+                                                                       "left_cam": "left-serial"}
+    with pytest.warns(StaleCalibrationWarning, match="camera 'left_cam' serial 'left-serial'.*'other'"):
+        load_rig_base_to_base(out, expected_serials={"right_cam": "right-serial", "left_cam": "other"})
 
 
 def test_board_views_average_several_observations() -> None:

@@ -29,7 +29,7 @@ def software_camera(model: object, coeffs: list[float]) -> object:
 
 def test_factory_intrinsics_from_a_software_device(tmp_path) -> None:
     from robot_policy.calib.realsense import device_intrinsics
-    from robot_policy.calib.rig_file import load_camera_calibration, save_camera_calibration
+    from robot_policy.data.rig_file import load_camera_calibration, save_camera_calibration
 
     dev = software_camera(rs.distortion.brown_conrady, [0.1, -0.2, 0.001, 0.002, 0.03])
     cal = device_intrinsics(dev, "front")  # the largest color profile

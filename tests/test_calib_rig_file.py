@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from robot_policy.calib.rig_file import (
+from robot_policy.cli.main import main
+from robot_policy.data.rig_file import (
     CameraCalibration,
     RigFileError,
     StaleCalibrationWarning,
@@ -18,7 +19,6 @@ from robot_policy.calib.rig_file import (
     load_rig_cameras,
     save_camera_calibration,
 )
-from robot_policy.cli.main import main
 from robot_policy.data.store import CameraInfo, EpisodeStore
 from robot_policy.spaces.embodiment import load_embodiment
 

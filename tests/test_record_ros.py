@@ -200,7 +200,7 @@ def test_recording_the_sim_robot_driven_by_the_expert_validates_aligns_and_repla
     flat = spec.action.unified_to_flat(actions)  # (T, n): rad, finger gap m
     dt = 1.0 / spec.control_hz
     rig = yaml.safe_load((CONFIG_DIR / "rig" / "sim_panda_bimanual.yaml").read_text())
-    from robot_policy.calib.rig_file import CameraCalibration, save_camera_calibration
+    from robot_policy.data.rig_file import CameraCalibration, save_camera_calibration
 
     calib_file = save_camera_calibration(tmp_path / "calib" / "front.yaml", CameraCalibration(
         camera="front", width=CAM_W, height=CAM_H, K=np.array(CALIB_K), distortion=np.array(CALIB_D),

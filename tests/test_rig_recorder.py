@@ -116,7 +116,12 @@ def test_a_newer_trajectory_replaces_the_points_from_its_first_on() -> None:
 # ---- episodes into a store -----------------------------------------------------------------------------------
 
 def _rig(tmp_path: Path, on_gap: str = "discard", cameras: bool = True) -> object:
-    raw = {"name": "t", "embodiment": "panda_single_joint", "control_hz": HZ,
+    return rig_config_from_dict(rig_raw(on_gap, cameras), where="test rig", base=tmp_path)
+
+
+def rig_raw(on_gap: str = "discard", cameras: bool = True) -> dict:
+    """A single-arm rig config: /js joint states, /cmd trajectories, a /img camera."""
+    return {"name": "t", "embodiment": "panda_single_joint", "control_hz": HZ,
            "mapping": {"state": {"right_joint_pos": {"topic": "/js", "field": "position",
                                                      "joints": [f"j{i}" for i in range(7)]},
                                  "right_gripper": {"topic": "/js", "field": "position", "joints": ["g"]},
@@ -126,7 +131,6 @@ def _rig(tmp_path: Path, on_gap: str = "discard", cameras: bool = True) -> objec
            "tolerance_s": {"default": 0.02, "/cmd": 0.05},
            "latency_s": 0.05, "episodes": {"on_gap": on_gap},
            "cameras": {"front": {"topic": "/img", "extrinsics": np.eye(4).tolist()}} if cameras else {}}
-    return rig_config_from_dict(raw, where="test rig", base=tmp_path)
 
 
 def _feed(al: Aligner, t0: float, n: int, skip_camera: range = range(0)) -> None:

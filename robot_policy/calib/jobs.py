@@ -24,7 +24,7 @@ from robot_policy.calib.boards import (
 from robot_policy.calib.intrinsics import CalibrationError, board_pose, calibrate_intrinsics
 from robot_policy.calib.poses import PoseSet, image_files, load_image, load_pose_file, load_store_poses
 from robot_policy.calib.report import coverage_fraction, coverage_grid, write_heatmap
-from robot_policy.calib.rig_file import (
+from robot_policy.data.rig_file import (
     BASE_TO_BASE_FORMAT,
     HAND_EYE_FORMAT,
     CameraCalibration,
@@ -290,6 +290,7 @@ def _camera_in_base(handeye_file: str, gripper: str, n: int) -> tuple[list[np.nd
 
 def run_base_to_base(cfg: BaseToBaseJob) -> dict[str, Any]:
     parent, child = f"{cfg.a}_base", f"{cfg.b}_base"
+    extra: dict[str, Any] = {}
     if cfg.method == "touch":
         raw = json.loads(Path(cfg.points).read_text()) if cfg.points else None
         if not isinstance(raw, dict) or not {"a", "b"} <= set(raw):
@@ -310,9 +311,12 @@ def run_base_to_base(cfg: BaseToBaseJob) -> dict[str, Any]:
                     raise CalibrationError(f"no {spec.name} board found in {name}")
                 boards[side].append(board_pose(d, cal.K, cal.distortion)[0])
         T, quality = base_to_base.from_board_views(cams_a, boards[0], cams_b, boards[1])
+        # the cameras it was measured through, so a loader can tell a file of another camera (serial)
+        extra["cameras"] = {cal.camera: cal.serial for cal in (cal_a, cal_b)}
     else:
         raise CalibrationError(f"unknown base2base method {cfg.method!r}; methods: board, touch")
-    save_transform(cfg.out, BASE_TO_BASE_FORMAT, FrameTransform(T, parent, child, cfg.method, utc_now(), quality))
+    save_transform(cfg.out, BASE_TO_BASE_FORMAT, FrameTransform(T, parent, child, cfg.method, utc_now(), quality),
+                   extra)
     return {"out": cfg.out, "frames": f"T_{parent}_{child}", "T": _rounded(T), **quality}
 
 

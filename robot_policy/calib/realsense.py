@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from robot_policy.calib.intrinsics import CalibrationError
-from robot_policy.calib.rig_file import CameraCalibration, utc_now
+from robot_policy.data.rig_file import CameraCalibration, utc_now
 
 #: librealsense distortion model -> the model name written to the camera YAML
 _MODELS = {"brown_conrady": "plumb_bob", "none": "plumb_bob", "inverse_brown_conrady": "inverse_brown_conrady",

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
         return fail(str(e))
     from robot_policy.calib.boards import BoardError
     from robot_policy.calib.intrinsics import CalibrationError
-    from robot_policy.calib.rig_file import RigFileError
+    from robot_policy.data.rig_file import RigFileError
 
     job: Callable[[Any], dict[str, Any]] = getattr(jobs, fn_name)
     try:

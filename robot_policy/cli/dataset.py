@@ -101,6 +101,11 @@ def _info(args: argparse.Namespace) -> int:
         table.add_row(f"data/{key}", f"{arr.dtype} {tuple(arr.shape)} chunks {tuple(arr.chunks)}")
     for name, cam in store.cameras.items():
         table.add_row(f"camera {name}", _camera_summary(cam))
+    b2b = store.attrs.get("base_to_base")
+    if b2b:
+        t = [row[3] for row in b2b["matrix"][:3]]
+        table.add_row(f"T_{b2b['parent']}_{b2b['child']}", f"t = [{', '.join(f'{v:.4f}' for v in t)}] m, "
+                      f"{b2b.get('method', '')} {b2b.get('calibrated_at', '')} ({b2b.get('file', '')})")
     for key, value in store.attrs.get("provenance", {}).items():
         table.add_row(f"provenance.{key}", str(value))
     console.print(table)

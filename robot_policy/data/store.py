@@ -262,15 +262,19 @@ class EpisodeStore(EpisodeIndex):
     @classmethod
     def create(cls, path: str | Path, embodiment: EmbodimentSpec, *, cameras: Mapping[str, CameraInfo] | None = None,
                provenance: Mapping[str, Any] | None = None, task: Mapping[str, Any] | None = None,
-               overwrite: bool = False, fsync: bool = True) -> EpisodeStore:
+               base_to_base: Mapping[str, Any] | None = None, overwrite: bool = False,
+               fsync: bool = True) -> EpisodeStore:
         """Create an empty store, open for writing. ``overwrite`` replaces an existing store. Without it,
         an existing store is replaced only when it holds no committed episode and records the same
-        embodiment, cameras and task: the attempt of the same job whose writer crashed before its first
-        commit, so nothing is lost. ``fsync``: make each commit durable (see :attr:`fsync`)."""
+        embodiment, cameras, task and base-to-base: the attempt of the same job whose writer crashed before its
+        first commit, so nothing is lost. ``fsync``: make each commit durable (see :attr:`fsync`).
+        ``base_to_base``: the rig's calibrated transform between its arms' bases
+        (:meth:`robot_policy.data.rig_file.FrameTransform.to_attrs`), the root attr of that name."""
         path = Path(path)
         identity = {"embodiment": embodiment.to_dict(),
                     "cameras": {name: cam.to_dict() for name, cam in (cameras or {}).items()},
-                    **({"task": dict(task)} if task is not None else {})}
+                    **({"task": dict(task)} if task is not None else {}),
+                    **({"base_to_base": dict(base_to_base)} if base_to_base is not None else {})}
         if path.exists():
             if not overwrite and not _is_crashed_attempt(path, identity):
                 raise StoreError(f"{path} already exists (pass overwrite=true to replace it, or append=true to "
@@ -762,7 +766,7 @@ def _create_meta_array(meta: zarr.Group, key: str, n_episodes: int) -> None:
 
 
 #: root attributes that say which job a store belongs to (see EpisodeStore.create)
-_IDENTITY_ATTRS: Final = ("embodiment", "cameras", "task")
+_IDENTITY_ATTRS: Final = ("embodiment", "cameras", "task", "base_to_base")
 
 
 def _is_crashed_attempt(path: Path, identity: Mapping[str, Any]) -> bool:

@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from robot_policy.calib.rig_file import load_camera_calibration
+from robot_policy.data.rig_file import (
+    DEFAULT_MAX_AGE_DAYS,
+    base_to_base_file,
+    load_camera_calibration,
+    load_rig_base_to_base,
+)
 from robot_policy.data.store import CameraInfo, EpisodeStore, StoreError
 from robot_policy.envs.registry import load_task_config
 from robot_policy.runtime.dds import loopback_env
@@ -76,18 +81,18 @@ class RecordConfig:
 # ---- cameras and the store ---------------------------------------------------------------------------------
 
 def calibrated_camera(camera: CameraSpec, height: int, width: int, k: np.ndarray | None,
-                      extrinsics: np.ndarray | None) -> CameraInfo:
+                      extrinsics: np.ndarray | None, max_age_days: float | None = DEFAULT_MAX_AGE_DAYS) -> CameraInfo:
     """The store's record of one rig camera: what the camera reported (size, factory / CameraInfo-topic K) and
     the rig config's extrinsics, replaced by its ``calibration:`` file where it has one.
 
-    The calibration file (``robot_policy.calib.rig_file``, written by ``robot-policy calibrate``) gives K,
+    The calibration file (``robot_policy.data.rig_file``, written by ``robot-policy calibrate``) gives K,
     distortion, serial, calibrated_at and, after hand-eye, T_rig_camera (which wins over the config's
-    ``extrinsics``). A stale file (too old, or another camera's serial) warns and is used; one made for
-    another image size is an error, since its K would be wrong in every pixel.
+    ``extrinsics``). A stale file (older than ``max_age_days``, or another camera's serial) warns and is used;
+    one made for another image size is an error, since its K would be wrong in every pixel.
     """
     if camera.calibration is None:
         return CameraInfo(int(height), int(width), k, extrinsics)
-    calib = load_camera_calibration(camera.calibration, expected_serial=camera.realsense)
+    calib = load_camera_calibration(camera.calibration, max_age_days=max_age_days, expected_serial=camera.realsense)
     if (calib.height, calib.width) != (int(height), int(width)):
         raise ValueError(f"camera {camera.name}: calibration {camera.calibration} is for {calib.width}x"
                          f"{calib.height} images, the camera streams {int(width)}x{int(height)}")
@@ -107,8 +112,24 @@ def camera_infos(rig: RigConfig, measured: Mapping[str, tuple[int, int, np.ndarr
     for name, cam in rig.cameras.items():
         h, w, k = measured[name]
         extr = None if cam.extrinsics is None else np.asarray(cam.extrinsics, np.float64)
-        out[name] = calibrated_camera(cam, h, w, k, extr)
+        out[name] = calibrated_camera(cam, h, w, k, extr, rig.calibration.max_age_days)
     return out
+
+
+def rig_base_to_base(rig: RigConfig) -> dict[str, Any] | None:
+    """The rig config's base-to-base transform as the store's ``base_to_base`` attr (None when the config names
+    none, or the file is missing: a :class:`~robot_policy.data.rig_file.MissingCalibrationWarning`, an error
+    with ``calibration.required``). Stale (too old, or measured through another camera than the rig's):
+    a warning, and it is stored."""
+    cal = rig.calibration
+    if cal.base_to_base is None:
+        if cal.required:
+            raise ValueError(f"{rig.path}: calibration.required is true but calibration.base_to_base names no file")
+        return None
+    serials = {name: c.realsense for name, c in rig.cameras.items() if c.realsense is not None}
+    tf = load_rig_base_to_base(cal.base_to_base, max_age_days=cal.max_age_days, expected_serials=serials,
+                               required=cal.required)
+    return None if tf is None else tf.to_attrs(str(base_to_base_file(cal.base_to_base)))
 
 
 def _task_attrs(rig: RigConfig) -> dict[str, Any] | None:
@@ -123,8 +144,9 @@ def _task_attrs(rig: RigConfig) -> dict[str, Any] | None:
 def open_record_store(rig: RigConfig, out: str | Path, cameras: Mapping[str, CameraInfo], *, append: bool = False,
                       overwrite: bool = False) -> EpisodeStore:
     """A new store for ``rig`` at ``out`` (or, with ``append``, the existing one, when it records the same
-    embodiment, control rate and cameras)."""
+    embodiment, control rate and cameras), with the rig's base-to-base transform in its attrs."""
     out = Path(out)
+    base_to_base = rig_base_to_base(rig)
     if append and out.exists():
         store = EpisodeStore.open(out, mode="a")
         problems = []
@@ -134,6 +156,8 @@ def open_record_store(rig: RigConfig, out: str | Path, cameras: Mapping[str, Cam
         if store.cameras != dict(cameras):
             problems.append(f"cameras {store.attrs['cameras']} differ from the rig's "
                             f"{ {n: c.to_dict() for n, c in cameras.items()} }")
+        if store.attrs.get("base_to_base") != base_to_base:
+            problems.append(f"base_to_base {store.attrs.get('base_to_base')} differs from the rig's {base_to_base}")
         if problems:
             store.close()
             raise StoreError(f"{out}: cannot append: {'; '.join(problems)}")
@@ -141,6 +165,7 @@ def open_record_store(rig: RigConfig, out: str | Path, cameras: Mapping[str, Cam
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists (append=true adds to it, overwrite=true replaces it)")
     return EpisodeStore.create(out, rig.embodiment, cameras=cameras, task=_task_attrs(rig), overwrite=overwrite,
+                               base_to_base=base_to_base,
                                provenance={"source": "record", "rig": rig.name, "rig_config": rig.path})
 
 
@@ -201,4 +226,5 @@ def run_record(cfg: RecordConfig) -> dict[str, Any]:
             "episodes": reports, "committed": len(committed), "max_skew_ms": skew}
 
 
-__all__ = ["RecordConfig", "calibrated_camera", "camera_infos", "make_aligner", "make_recorder", "open_record_store", "run_record"]
+__all__ = ["RecordConfig", "calibrated_camera", "camera_infos", "make_aligner", "make_recorder", "open_record_store",
+           "rig_base_to_base", "run_record"]

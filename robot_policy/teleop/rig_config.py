@@ -19,9 +19,14 @@
                                          # pause: commands flowing = an episode, a pause of pause_s ends it
     instruction: lift the tray with both arms   # language of every episode unless a start marker gives one
     task: pybullet_bimanual_lift         # optional: the simulated task of a sim rig (stored; replay uses it)
+    calibration:                         # optional: the rig's calibration files (calib/<RIG>/, calib/README.md)
+      base_to_base: calib/rig_a          # the rig directory or its base_to_base.yaml: stored in the store's attrs
+      max_age_days: 90                   # a camera or base-to-base file older than this warns (null: no limit)
+      required: false                    # true: a missing base-to-base file is an error, not a warning
 
 Every error names the file and the key. ``calibration:`` per camera is a path kept for
-:func:`robot_policy.pipelines.record.camera_infos`, where the calibration loader plugs in.
+:func:`robot_policy.pipelines.record.camera_infos`, where the calibration loader plugs in; the top-level
+``calibration:`` (:class:`RigCalibration`) names the base-to-base file and the age limit of every file.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from robot_policy.data.interop.mapping import (
     SourceMapping,
     load_mapping,
 )
+from robot_policy.data.rig_file import DEFAULT_MAX_AGE_DAYS, base_to_base_file
 from robot_policy.paths import resolve_config
 from robot_policy.spaces.embodiment import EmbodimentSpec, SpecError, load_embodiment
 from robot_policy.teleop.rig_recorder import ACTION, EXTRA, STATE, StreamSpec
@@ -48,9 +54,10 @@ SPLITS: Final = ("control", "pause")
 #: the marker topic's default name (std_msgs/String "start[: instruction]", "end[: success|failure]", "discard")
 EPISODE_TOPIC: Final = "/record/episode"
 _TOP_KEYS: Final = {"name", "description", "embodiment", "control_hz", "mapping", "clock", "command_lead_s",
-                    "tolerance_s", "latency_s", "cameras", "episodes", "instruction", "task"}
+                    "tolerance_s", "latency_s", "cameras", "episodes", "instruction", "task", "calibration"}
 _CAMERA_KEYS: Final = {"topic", "info", "realsense", "width", "height", "fps", "extrinsics", "calibration"}
-_EPISODE_KEYS: Final = {"split", "topic", "pause_s", "on_gap"}
+_EPISODE_KEYS: Final[set[str]] = {"split", "topic", "pause_s", "on_gap"}
+_CALIBRATION_KEYS: Final[set[str]] = {"base_to_base", "max_age_days", "required"}
 _TRAJECTORY_FIELDS: Final = ("positions", "velocities", "accelerations")
 
 
@@ -87,6 +94,17 @@ class EpisodeControl:
 
 
 @dataclass(frozen=True)
+class RigCalibration:
+    """The rig-wide calibration settings: ``base_to_base`` (a rig directory or its base_to_base.yaml, or None),
+    ``max_age_days`` (days; None: no age limit) for it and every camera file, ``required`` (a missing
+    base-to-base file is an error instead of a warning)."""
+
+    base_to_base: str | None = None
+    max_age_days: float | None = DEFAULT_MAX_AGE_DAYS
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class RigConfig:
     """A parsed rig config (see the module docstring). Build with :func:`load_rig_config`."""
 
@@ -105,6 +123,7 @@ class RigConfig:
     task: str | None = None
     description: str = ""
     path: str = ""
+    calibration: RigCalibration = field(default_factory=RigCalibration)
 
     def topic_fields(self) -> dict[str, list[tuple[str, FieldSource]]]:
         """ROS topic -> the (value key, source) pairs its messages fill (keys ``state.<field>``, ...)."""
@@ -183,14 +202,22 @@ def _is_matrix(raw: Any) -> bool:
     return isinstance(raw, (list, tuple)) and all(isinstance(r, (list, tuple)) for r in raw)
 
 
-def _episodes(raw: Any, where: str) -> EpisodeControl:
+def _section(raw: Any, keys: set[str], where: str) -> Mapping[str, Any] | None:
+    """A sub-mapping of the config (None when absent); another type or an unknown key is an error."""
     if raw is None:
-        return EpisodeControl()
+        return None
     if not isinstance(raw, Mapping):
         raise RigConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    unknown = set(raw) - _EPISODE_KEYS
+    unknown = set(raw) - keys
     if unknown:
-        raise RigConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_EPISODE_KEYS)}")
+        raise RigConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(keys)}")
+    return raw
+
+
+def _episodes(raw: Any, where: str) -> EpisodeControl:
+    raw = _section(raw, _EPISODE_KEYS, where)
+    if raw is None:
+        return EpisodeControl()
     split = raw.get("split", "control")
     if split not in SPLITS:
         raise RigConfigError(f"{where}.split: unknown {split!r}; splits: {', '.join(SPLITS)}")
@@ -199,6 +226,24 @@ def _episodes(raw: Any, where: str) -> EpisodeControl:
         raise RigConfigError(f"{where}.on_gap: unknown {on_gap!r}; policies: discard, keep")
     pause = _number(raw.get("pause_s", 1.0), f"{where}.pause_s")
     return EpisodeControl(split=split, topic=str(raw.get("topic", EPISODE_TOPIC)), pause_s=pause, on_gap=on_gap)
+
+
+def _calibration(raw: Any, where: str, base: Path) -> RigCalibration:
+    raw = _section(raw, _CALIBRATION_KEYS, where)
+    if raw is None:
+        return RigCalibration()
+    b2b = raw.get("base_to_base")
+    if b2b is not None:
+        path = Path(str(b2b))
+        # relative to the working directory, else to the config's; a missing one is the loader's warning
+        found = path.is_absolute() or base_to_base_file(path).exists() or not base_to_base_file(base / path).exists()
+        b2b = str(path if found else base / path)
+    age = raw.get("max_age_days", DEFAULT_MAX_AGE_DAYS)
+    required = raw.get("required", False)
+    if not isinstance(required, bool):
+        raise RigConfigError(f"{where}.required: expected true or false, got {required!r}")
+    return RigCalibration(base_to_base=b2b, max_age_days=None if age is None else _number(age, f"{where}.max_age_days"),
+                          required=required)
 
 
 def _mapping(raw: Any, spec: EmbodimentSpec, where: str) -> SourceMapping:
@@ -274,7 +319,7 @@ def rig_config_from_dict(raw: Any, where: str = "rig", base: Path | None = None)
                      cameras=cameras, episodes=_episodes(raw.get("episodes"), f"{where}.episodes"),
                      instruction=str(raw.get("instruction") or mapping.language or ""),
                      task=None if task is None else str(task), description=str(raw.get("description", "")),
-                     path=where)
+                     path=where, calibration=_calibration(raw.get("calibration"), f"{where}.calibration", base))
 
 
 def load_rig_config(name_or_path: str | Path) -> RigConfig:
@@ -289,5 +334,5 @@ def load_rig_config(name_or_path: str | Path) -> RigConfig:
     return rig_config_from_dict(raw, where=str(path), base=path.parent)
 
 
-__all__ = ["CameraSpec", "EpisodeControl", "RigConfig", "RigConfigError", "load_rig_config",
+__all__ = ["CameraSpec", "EpisodeControl", "RigCalibration", "RigConfig", "RigConfigError", "load_rig_config",
            "rig_config_from_dict"]

@@ -1,16 +1,26 @@
 """The rig calibration files in ``calib/<RIG>/`` and their loaders: one YAML per camera (intrinsics,
 distortion, the camera's pose in the rig frame, serial, when it was measured), hand-eye results, and the
-base-to-base transform of a two-arm rig. What a recorder calls:
+base-to-base transform of a two-arm rig. ``robot-policy calibrate`` (:mod:`robot_policy.calib`) writes them
+with the functions here; the recorder, the runtime and replay read them with the same functions, so the
+schema lives in one place (here, below all of them). What a recorder calls:
 
     cal = load_camera_calibration("calib/rig_a/front.yaml", max_age_days=90, expected_serial="123622270136")
     info = cal.to_camera_info()                 # -> robot_policy.data.store.CameraInfo for EpisodeStore.create
     cams = load_rig_cameras("calib/rig_a", max_age_days=90, serials={"front": "123622270136"})
+    b2b = load_rig_base_to_base("calib/rig_a", max_age_days=90)   # FrameTransform, or None when missing
 
 A calibration older than ``max_age_days`` or measured on another camera (serial mismatch) still loads, with
-a :class:`StaleCalibrationWarning` (``warnings.warn``, also logged) that names the file and what is wrong.
+a :class:`StaleCalibrationWarning` (``warnings.warn``, also logged) that names the file and what is wrong; a
+missing base-to-base file is a :class:`MissingCalibrationWarning` (an error with ``required=True``).
 
 A transform is written as a mapping ``{parent, child, units: m, matrix}``: ``matrix`` (4 x 4, row-major)
 maps points in ``child`` to ``parent`` (``T_parent_child``).
+
+Frames of a two-arm rig. The unified space's end-effector poses (``right_eef_*``, ``left_eef_*``) are each in
+its own arm's base frame (``right_base``, ``left_base``). The base-to-base file holds ``T_right_base_left_base``
+(parent ``right_base``, child ``left_base``, the default of ``robot-policy calibrate base2base``): the rig's
+common frame is the parent arm's base, and ``T_right_base_left_base @ T_left_base_ee`` is the left
+end-effector's pose in it. :meth:`FrameTransform.base_poses` gives each arm's base in that common frame.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,8 @@ CAMERA_FORMAT = "robot_policy/camera_calibration"
 HAND_EYE_FORMAT = "robot_policy/hand_eye"
 BASE_TO_BASE_FORMAT = "robot_policy/base_to_base"
 FORMAT_VERSION = 1
+#: the base-to-base file's name in a rig directory
+BASE_TO_BASE_FILE = "base_to_base.yaml"
 #: the age after which :func:`load_camera_calibration` warns by default (lenses and mounts drift)
 DEFAULT_MAX_AGE_DAYS = 90.0
 #: distortion model -> how many coefficients it takes (ROS names; ``equidistant`` is OpenCV's fisheye)
@@ -44,8 +56,26 @@ class RigFileError(ValueError):
     """A calibration file that is missing, malformed or of another format (the message names the file)."""
 
 
-class StaleCalibrationWarning(UserWarning):
+class CalibrationWarning(UserWarning):
+    """A rig calibration that cannot be trusted as it is; loading goes on, and the user is told why."""
+
+
+class StaleCalibrationWarning(CalibrationWarning):
     """A calibration that is older than allowed or belongs to another camera."""
+
+
+class MissingCalibrationWarning(CalibrationWarning):
+    """A calibration file a consumer was pointed at does not exist (with ``required=True``: an error)."""
+
+
+class CalibrationMismatchWarning(CalibrationWarning):
+    """A rig's calibration differs from the one a recording was made with."""
+
+
+def warn_calibration(message: str, category: type[CalibrationWarning] = StaleCalibrationWarning) -> None:
+    """Log ``message`` and ``warnings.warn`` it as ``category`` (attributed to the loader's caller)."""
+    log.warning(message)
+    warnings.warn(message, category, stacklevel=3)
 
 
 def utc_now() -> str:
@@ -222,20 +252,32 @@ def save_camera_calibration(path: str | Path, calib: CameraCalibration) -> Path:
     return write_yaml(path, calib.to_yaml(), header=f"camera {calib.camera}: written by robot-policy calibrate")
 
 
+def age_problem(calibrated_at: str, max_age_days: float | None, now: dt.datetime | None = None) -> str | None:
+    """Why a calibration made at ``calibrated_at`` (ISO 8601) is too old now, or None (``max_age_days=None``:
+    no age limit)."""
+    if max_age_days is None:
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    age = now - parse_time(calibrated_at, "calibrated_at")
+    if age <= dt.timedelta(days=max_age_days):
+        return None
+    return f"calibrated {age.days} days ago ({calibrated_at}), more than the allowed {max_age_days:g} days: recalibrate"
+
+
+def serial_problem(camera: str, serial: str | None, expected: str | None) -> str | None:
+    """Why a calibration measured on camera ``serial`` does not belong to the connected camera, or None."""
+    if expected is None or serial == expected:
+        return None
+    return (f"calibrated on camera {camera!r} serial {serial!r}, but the connected camera is {expected!r}: "
+            "this file is another camera's")
+
+
 def staleness(calib: CameraCalibration, *, max_age_days: float | None, expected_serial: str | None = None,
               now: dt.datetime | None = None) -> list[str]:
     """What makes ``calib`` untrustworthy for a recording now: too old, or another camera's."""
-    problems = []
-    if max_age_days is not None:
-        now = now or dt.datetime.now(dt.UTC)
-        age = now - parse_time(calib.calibrated_at, "calibrated_at")
-        if age > dt.timedelta(days=max_age_days):
-            problems.append(f"calibrated {age.days} days ago ({calib.calibrated_at}), more than the allowed "
-                            f"{max_age_days:g} days: recalibrate")
-    if expected_serial is not None and calib.serial != expected_serial:
-        problems.append(f"calibrated on camera serial {calib.serial!r}, but the connected camera is "
-                        f"{expected_serial!r}: this file is another camera's")
-    return problems
+    problems = [age_problem(calib.calibrated_at, max_age_days, now),
+                serial_problem(calib.camera, calib.serial, expected_serial)]
+    return [p for p in problems if p is not None]
 
 
 def load_camera_calibration(path: str | Path, *, max_age_days: float | None = DEFAULT_MAX_AGE_DAYS,
@@ -244,9 +286,7 @@ def load_camera_calibration(path: str | Path, *, max_age_days: float | None = DE
     naming the file; ``max_age_days=None`` turns the age check off."""
     calib = CameraCalibration.from_yaml(read_yaml(path), str(path))
     for problem in staleness(calib, max_age_days=max_age_days, expected_serial=expected_serial, now=now):
-        message = f"{path}: {problem}"
-        log.warning(message)
-        warnings.warn(message, StaleCalibrationWarning, stacklevel=2)
+        warn_calibration(f"{path}: {problem}")
     return calib
 
 
@@ -289,6 +329,78 @@ class FrameTransform:
     calibrated_at: str = field(default_factory=utc_now)
     quality: dict[str, Any] = field(default_factory=dict)
 
+    def base_poses(self, arms: Sequence[str]) -> list[np.ndarray]:
+        """Each arm's base pose (4, 4; m) in the common frame ``parent`` of a base-to-base transform, in the
+        order of ``arms`` (frame of arm ``a``: ``<a>_base``): identity for the parent arm, ``T`` for the child.
+        Points ``p_b`` in arm b's base are ``poses[b] @ p_b`` in the common frame."""
+        out = []
+        for arm in arms:
+            frame = f"{arm}_base"
+            if frame == self.parent:
+                out.append(np.eye(4))
+            elif frame == self.child:
+                out.append(np.array(self.T, np.float64))
+            else:
+                raise RigFileError(f"base-to-base T_{self.parent}_{self.child} does not name arm {arm!r}'s base "
+                                   f"frame {frame!r}")
+        return out
+
+    def to_attrs(self, source: str = "") -> dict[str, Any]:
+        """The transform as a store root attribute (JSON): frames, matrix, when and how, the file it came from."""
+        return {**transform_to_yaml(self.T, self.parent, self.child), "calibrated_at": self.calibrated_at,
+                "method": self.method, "file": source}
+
+    @classmethod
+    def from_attrs(cls, raw: Any, where: str) -> FrameTransform:
+        T, parent, child = transform_from_yaml(raw, where)
+        return cls(T, parent, child, str(raw.get("method", "")), str(raw.get("calibrated_at", "")))
+
+
+def transform_difference(T_1: np.ndarray, T_2: np.ndarray) -> tuple[float, float]:
+    """How far apart two rigid transforms (4, 4) are: translation (m) and rotation angle (deg) of T_1^-1 T_2."""
+    R = np.asarray(T_1, np.float64)[:3, :3].T @ np.asarray(T_2, np.float64)[:3, :3]
+    angle = np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)))
+    return float(np.linalg.norm(np.asarray(T_1)[:3, 3] - np.asarray(T_2)[:3, 3])), float(angle)
+
+
+def _aligned(recorded: FrameTransform, current: FrameTransform) -> np.ndarray | None:
+    """``recorded``'s matrix between ``current``'s parent and child (inverted when it names them the other way
+    round), or None when it relates other frames."""
+    if (recorded.parent, recorded.child) == (current.parent, current.child):
+        return np.asarray(recorded.T, np.float64)
+    if (recorded.parent, recorded.child) == (current.child, current.parent):
+        return np.linalg.inv(np.asarray(recorded.T, np.float64))
+    return None
+
+
+def calibration_difference(recorded: FrameTransform, current: FrameTransform) -> tuple[float, float] | None:
+    """Translation (m) and rotation (deg) between two calibrations of the same pair of frames (None: other
+    frames)."""
+    T_rec = _aligned(recorded, current)
+    return None if T_rec is None else transform_difference(T_rec, current.T)
+
+
+def transform_mismatch(recorded: FrameTransform, current: FrameTransform, *, tol_m: float = 0.005,
+                       tol_deg: float = 0.5) -> str | None:
+    """Why ``current`` (a rig's calibration now) is not ``recorded`` (the one a store was recorded with), or
+    None when they agree within ``tol_m`` (m) and ``tol_deg`` (deg). The same pair of frames the other way
+    round is compared inverted; other frames are a mismatch."""
+    T_rec = _aligned(recorded, current)
+    if T_rec is None:
+        return (f"relates other frames: recorded T_{recorded.parent}_{recorded.child}, this file "
+                f"T_{current.parent}_{current.child}")
+    d_m, d_deg = transform_difference(T_rec, current.T)
+    if d_m <= tol_m and d_deg <= tol_deg:
+        return None
+
+    def t(T: np.ndarray) -> str:
+        return "[" + ", ".join(f"{v:.4f}" for v in T[:3, 3]) + "] m"
+
+    return (f"T_{current.parent}_{current.child} differs from the recorded one by {d_m * 1e3:.1f} mm and "
+            f"{d_deg:.2f} deg (tolerance {tol_m * 1e3:g} mm, {tol_deg:g} deg): recorded t = {t(T_rec)} "
+            f"(calibrated {recorded.calibrated_at or 'at an unknown time'}), this rig t = {t(current.T)} (calibrated "
+            f"{current.calibrated_at}); end-effector targets recorded there land elsewhere here")
+
 
 def save_transform(path: str | Path, fmt: str, tf: FrameTransform, extra: Mapping[str, Any] | None = None) -> Path:
     data = {"format": fmt, "format_version": FORMAT_VERSION, "calibrated_at": tf.calibrated_at, "method": tf.method,
@@ -318,3 +430,37 @@ def save_base_to_base(path: str | Path, tf: FrameTransform) -> Path:
 
 def load_base_to_base(path: str | Path) -> FrameTransform:
     return load_transform(path, BASE_TO_BASE_FORMAT)[0]
+
+
+def base_to_base_file(path: str | Path) -> Path:
+    """A rig directory -> its ``base_to_base.yaml``; a file stays itself."""
+    path = Path(path)
+    return path / BASE_TO_BASE_FILE if path.is_dir() or not path.suffix else path
+
+
+def load_rig_base_to_base(path: str | Path, *, max_age_days: float | None = DEFAULT_MAX_AGE_DAYS,
+                          expected_serials: Mapping[str, str] | None = None, required: bool = False,
+                          now: dt.datetime | None = None) -> FrameTransform | None:
+    """The rig's base-to-base transform from ``path`` (a rig directory or the file), checked for staleness.
+
+    Older than ``max_age_days``, or measured through a camera (the file's ``cameras``: name -> serial) whose
+    serial is not the one in ``expected_serials``: :class:`StaleCalibrationWarning`, and it is returned.
+    Missing: :class:`MissingCalibrationWarning` and None, or with ``required`` a :class:`RigFileError`. A
+    malformed file is always an error."""
+    file = base_to_base_file(path)
+    if not file.exists():
+        message = (f"{file}: no base-to-base calibration, so the two arms' end-effector poses cannot be put in "
+                   "one frame (robot-policy calibrate base2base writes it)")
+        if required:
+            raise RigFileError(message)
+        warn_calibration(message, MissingCalibrationWarning)
+        return None
+    tf, raw = load_transform(file, BASE_TO_BASE_FORMAT)
+    cameras = raw.get("cameras") or {}
+    problems = [age_problem(tf.calibrated_at, max_age_days, now),
+                *(serial_problem(str(name), None if serial is None else str(serial),
+                                 (expected_serials or {}).get(str(name))) for name, serial in cameras.items())]
+    for problem in problems:
+        if problem is not None:
+            warn_calibration(f"{file}: T_{tf.parent}_{tf.child} {problem}")
+    return tf
