@@ -12,10 +12,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from robot_policy.data import format as fmt
+from robot_policy.data.rig_file import (
+    DEFAULT_MAX_AGE_DAYS,
+    CalibrationMismatchWarning,
+    FrameTransform,
+    MissingCalibrationWarning,
+    base_to_base_file,
+    calibration_difference,
+    load_rig_base_to_base,
+    transform_mismatch,
+    warn_calibration,
+)
 from robot_policy.data.store import EpisodeStore, StoreError
 from robot_policy.envs.registry import load_task_config, make_env, task_config_from_dict
 from robot_policy.spaces.embodiment import EmbodimentSpec
@@ -102,6 +114,16 @@ class ReplayConfig:
     video_size: int = 160
     #: target=ros2: ROS_DOMAIN_ID (0-101); -1: derived from the process id, so parallel runs do not meet
     domain_id: int = -1
+    #: the target rig's calibration (calib/RIG or its base_to_base.yaml): its base-to-base transform is checked
+    #: against the one the store was recorded with; empty = no check
+    calibration: str = ""
+    #: a calibration file older than this (days) warns; null = no age limit
+    calibration_max_age_days: float | None = DEFAULT_MAX_AGE_DAYS
+    #: a missing base-to-base file is an error instead of a warning
+    calibration_required: bool = False
+    #: the recorded and the rig's base-to-base transforms may differ by this much (mm, deg) without a warning
+    calibration_tol_mm: float = 5.0
+    calibration_tol_deg: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.store:
@@ -118,6 +140,9 @@ class ReplayConfig:
             raise ValueError(f"replay: domain_id={self.domain_id} must be -1 (automatic) or 0..101")
         if self.video_size < 16:
             raise ValueError(f"replay: video_size={self.video_size} must be >= 16 pixels")
+        for key in ("calibration_tol_mm", "calibration_tol_deg"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"replay: {key}={getattr(self, key)} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -304,6 +329,36 @@ def plot_tracking(path: Path, result: ReplayResult, control_hz: float) -> Path:
     return path
 
 
+def check_calibration(cfg: ReplayConfig, store: EpisodeStore) -> dict[str, Any] | None:
+    """The target rig's base-to-base transform (``cfg.calibration``) against the store's ``base_to_base`` attr.
+
+    A stale or missing rig file, a store that recorded none, and a difference beyond the tolerance are
+    :class:`~robot_policy.data.rig_file.CalibrationWarning` s naming both; the summary says what was found."""
+    if not cfg.calibration:
+        return None
+    file = base_to_base_file(cfg.calibration)
+    current = load_rig_base_to_base(file, max_age_days=cfg.calibration_max_age_days, required=cfg.calibration_required)
+    raw = store.attrs.get("base_to_base")
+    out: dict[str, Any] = {"file": str(file), "found": current is not None, "recorded": raw is not None}
+    if current is None:
+        return out
+    if raw is None:
+        warn_calibration(f"{store.path}: records no base-to-base transform, so {file}'s "
+                         f"T_{current.parent}_{current.child} cannot be checked against the rig it was recorded on "
+                         "(record with the rig config's calibration.base_to_base)", MissingCalibrationWarning)
+        return out
+    recorded = FrameTransform.from_attrs(raw, f"{store.path} attrs.base_to_base")
+    problem = transform_mismatch(recorded, current, tol_m=cfg.calibration_tol_mm * 1e-3,
+                                 tol_deg=cfg.calibration_tol_deg)
+    out["matches"] = problem is None
+    difference = calibration_difference(recorded, current)
+    if difference is not None:
+        out.update(difference_mm=difference[0] * 1e3, difference_deg=difference[1])
+    if problem is not None:
+        warn_calibration(f"{file} against {store.path}: {problem}", CalibrationMismatchWarning)
+    return out
+
+
 def run_replay(cfg: ReplayConfig) -> dict[str, object]:
     """``robot-policy replay``: replay one episode to the target, write replay.json, tracking.png and (video=true
     with a camera) replay.mp4 under ``cfg.out``; returns the summary."""
@@ -313,6 +368,7 @@ def run_replay(cfg: ReplayConfig) -> dict[str, object]:
 
     store = EpisodeStore.open(cfg.store)
     ep = load_episode(store, cfg.episode)
+    calibration = check_calibration(cfg, store)
     if cfg.target == "sim":
         result = replay_in_sim(cfg, store, ep)
     else:
@@ -326,5 +382,7 @@ def run_replay(cfg: ReplayConfig) -> dict[str, object]:
     if result.frames:
         summary["video"] = str(write_mp4(out / "replay.mp4", result.frames, ep.control_hz))
     summary["store"] = str(cfg.store)
+    if calibration is not None:
+        summary["calibration"] = calibration
     (out / "replay.json").write_text(json.dumps(summary, indent=1))
     return summary
