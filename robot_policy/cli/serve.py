@@ -1,4 +1,4 @@
-"""robot-policy serve bundle=BUNDLE [params=FILE] [backend=onnxruntime] [dds=external|loopback]
+"""robot-policy serve bundle=BUNDLE [params=FILE] [backend=onnxruntime] [dds=external|loopback] [calibration=calib/RIG]
 
 Runs the policy node (`robot_policy_ros.policy_node`, an rclpy LifecycleNode) on a robot's topics: joint
 states, end-effector poses and (if the policy observes one) the object state in; one JointTrajectory per arm
@@ -6,7 +6,8 @@ out, for ros2_control's joint_trajectory_controller; `/policy/estop` (latched) i
 Parameters come from FILE (default: the package's `config/policy_node.yaml`, documented in the README:
 joint names, limits margin, scheduler, timeouts); `bundle=` and `backend=` override it. The node starts
 unconfigured: drive it with `ros2 lifecycle set /policy_node configure`, then `activate` (`deactivate`
-holds the arms). `dds=external` (default) leaves DDS to your configuration; `dds=loopback` confines it to
+holds the arms). `calibration=calib/RIG` gives the node the rig's base-to-base transform (both end effectors
+in one frame); a missing or stale one warns. `dds=external` (default) leaves DDS to your configuration; `dds=loopback` confines it to
 this machine (tests, bench). Needs the ROS 2 wheels and the colcon build: `make ros`.
 """
 
@@ -35,6 +36,13 @@ class ServeConfig:
     dds: str = "external"
     #: ROS_DOMAIN_ID with dds=loopback
     domain_id: int = 0
+    #: the rig's calibration (calib/RIG or its base_to_base.yaml) for the node's rig_calibration; empty: the
+    #: params file's. Missing or stale (older than calibration_max_age_days): a warning, here and in the node
+    calibration: str = ""
+    #: a calibration older than this (days) warns; null: no age limit
+    calibration_max_age_days: float | None = 90.0
+    #: a missing base-to-base file is an error (here, and the node's configure fails)
+    calibration_required: bool = False
 
     def __post_init__(self) -> None:
         if not self.bundle:
@@ -45,10 +53,19 @@ class ServeConfig:
             raise ValueError(f"dds must be external or loopback, got {self.dds!r}")
 
 
+def node_calibration_args(cfg: ServeConfig) -> list[str]:
+    """The policy node's ``rig_calibration`` parameters for ``cfg.calibration`` (the node's 0 days: no limit)."""
+    return ["-p", f"rig_calibration:={Path(cfg.calibration).resolve()}",
+            "-p", f"calibration_max_age_days:={float(cfg.calibration_max_age_days or 0.0)}",
+            "-p", f"calibration_required:={str(cfg.calibration_required).lower()}"]
+
+
 def main(argv: list[str]) -> int:
+    from robot_policy.data.rig_file import RigFileError
     from robot_policy.paths import REPO_ROOT
     from robot_policy.pipelines.sil import ROS_INSTALL
     from robot_policy.runtime.dds import loopback_env
+    from robot_policy.runtime.rig import load_rig_calibration
 
     if "--help" in argv or "-h" in argv:
         print(verb_help(__doc__ or "", ServeConfig))
@@ -57,6 +74,12 @@ def main(argv: list[str]) -> int:
         cfg = parse_overrides(ServeConfig, argv, "serve")
     except (ConfigError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
+    if cfg.calibration:
+        try:  # checked here too, so a missing or stale calibration shows before the node starts
+            load_rig_calibration(cfg.calibration, max_age_days=cfg.calibration_max_age_days,
+                                 required=cfg.calibration_required)
+        except RigFileError as e:
+            return fail(str(e))
     if not ROS_INSTALL.is_dir():
         return fail(f"the ROS 2 package is not built ({ROS_INSTALL} is missing): run `make ros`", code=1)
     params = Path(cfg.params) if cfg.params else REPO_ROOT / "ros_ws/src/robot_policy_ros/config/policy_node.yaml"
@@ -68,6 +91,8 @@ def main(argv: list[str]) -> int:
             "-p", f"policy:={Path(cfg.bundle).resolve()}"]
     if cfg.backend:
         args += ["-p", f"backend:={cfg.backend}"]
+    if cfg.calibration:
+        args += node_calibration_args(cfg)
     print(f"policy_node: {cfg.bundle} (params {params}); configure and activate it with `ros2 lifecycle set "
           "/policy_node configure|activate`", flush=True)
     try:

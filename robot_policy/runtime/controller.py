@@ -29,12 +29,19 @@ from typing import Any
 
 import numpy as np
 
+from robot_policy.data.rig_file import FrameTransform
 from robot_policy.policies.base import Policy, observe, reset_policy
 from robot_policy.policies.diffusion import ActionPrefix
 from robot_policy.runtime.robot_io import ObservationAssembler, RobotInterface, native_rows
 from robot_policy.runtime.rtc import rtc_weights
 from robot_policy.runtime.runner import AsyncInferenceRunner, InferenceResult, SimulatedLatencyRunner
-from robot_policy.runtime.safety import Intervention, JointLimits, SafetyFilter
+from robot_policy.runtime.safety import (
+    ForwardKinematics,
+    Intervention,
+    JointLimits,
+    SafetyFilter,
+    WorkspaceBox,
+)
 from robot_policy.runtime.scheduler import ChunkScheduler, SchedulerConfig
 from robot_policy.runtime.watchdog import Mode, Watchdog, WatchdogConfig
 
@@ -77,6 +84,13 @@ class ControllerConfig:
     #: lockstep: tick waits for the inference it starts (the world stands still meanwhile, as in
     #: robot-policy eval); for deterministic in-process runs and tests, never on a robot
     synchronous: bool = False
+    #: an end-effector box [lower, upper] (3 numbers each, m) the safety filter keeps every arm in (needs an
+    #: ``fk``): in the rig frame (the base-to-base calibration's parent arm base) when the controller has the
+    #: rig calibration, else in each arm's own base frame; None: no box
+    workspace_lower: list[float] | None = None
+    workspace_upper: list[float] | None = None
+    #: the arms' end effectors stay at least this far apart (m; needs an ``fk`` and the rig calibration)
+    min_arm_separation: float | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("none", "temporal_ensemble", "rtc"):
@@ -91,6 +105,9 @@ class ControllerConfig:
             raise ValueError(f"loop_hz: must be > 0, got {self.loop_hz}")
         if self.execute_horizon is not None and self.execute_horizon < 1:
             raise ValueError(f"execute_horizon: must be >= 1, got {self.execute_horizon}")
+        if (self.workspace_lower is None) != (self.workspace_upper is None):
+            raise ValueError("workspace_lower and workspace_upper go together (a box), got "
+                             f"{self.workspace_lower} and {self.workspace_upper}")
 
 
 @dataclass(frozen=True)
@@ -149,7 +166,12 @@ class PolicyController:
 
     def __init__(self, policy: Policy, interface: RobotInterface, cfg: ControllerConfig | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 runner: AsyncInferenceRunner | SimulatedLatencyRunner | None = None) -> None:
+                 runner: AsyncInferenceRunner | SimulatedLatencyRunner | None = None,
+                 fk: ForwardKinematics | None = None, rig: FrameTransform | None = None) -> None:
+        """``fk``: joint commands (n,) -> end-effector positions (arms, 3; rows in ``interface.arm_joints``
+        order, each in its arm's base frame, m), for the workspace settings of ``cfg``; ``rig``: the rig's
+        base-to-base calibration (:func:`robot_policy.data.rig_file.load_rig_base_to_base`), which puts the
+        arms' end effectors in one frame."""
         self.policy = policy
         self.interface = interface
         self.cfg = cfg = cfg or ControllerConfig()
@@ -163,7 +185,8 @@ class PolicyController:
         limits = JointLimits.from_embodiment(spec, jerk_per_acc=cfg.jerk_per_acc, gripper_vel_max=cfg.gripper_vel_max,
                                              gripper_acc_max=cfg.gripper_acc_max).shrunk(
             self._margins(spec))
-        self.filter = SafetyFilter(limits, self.dt, cfg.max_first_jump)
+        self.rig = rig
+        self.filter = SafetyFilter(limits, self.dt, cfg.max_first_jump, **workspace_options(cfg, interface, fk, rig))
         deadline = cfg.inference_deadline_s or self.execute_horizon * self.dt
         self.watchdog = Watchdog(WatchdogConfig(obs_timeout_s=cfg.obs_timeout_s, inference_deadline_s=deadline))
         self.scheduler = ChunkScheduler(SchedulerConfig(mode=cfg.scheduler))
@@ -407,6 +430,26 @@ class PolicyController:
         if self._last_malformed:
             out["last_malformed"] = self._last_malformed
         return out
+
+
+def workspace_options(cfg: ControllerConfig, interface: RobotInterface, fk: ForwardKinematics | None,
+                      rig: FrameTransform | None) -> dict[str, Any]:
+    """The :class:`SafetyFilter` keywords of ``cfg``'s end-effector box and arm separation: the boxes, ``fk``
+    and, with the rig calibration, each arm's base pose in the rig frame (arms in ``arm_joints`` order)."""
+    if cfg.workspace_lower is None and cfg.min_arm_separation is None:
+        return {}
+    if fk is None:
+        raise ValueError("workspace_lower/upper and min_arm_separation need an fk (joint commands -> end-effector "
+                         "positions); the runtime has no arm model of its own")
+    arms = list(interface.arm_joints)
+    if cfg.min_arm_separation is not None and rig is None:
+        raise ValueError(f"min_arm_separation={cfg.min_arm_separation} needs the rig's base-to-base calibration: "
+                         "without it the arms' end effectors are each in its own base frame")
+    boxes = [] if cfg.workspace_lower is None else [WorkspaceBox(np.asarray(cfg.workspace_lower),
+                                                                 np.asarray(cfg.workspace_upper))]
+    base_poses = None if rig is None else rig.base_poses(arms)
+    return {"workspace": boxes * (len(arms) if rig is None else 1) or None, "fk": fk, "base_poses": base_poses,
+            "min_separation": cfg.min_arm_separation}
 
 
 def load_serving_policy(path: str, backend: str | None = None, embodiment: str | None = None,

@@ -53,7 +53,8 @@ class Intervention(str, Enum):
     REJECTED_NONFINITE = "rejected_nonfinite"  # NaN/Inf in targets or dq: chunk dropped, braking instead
     REJECTED_NONFINITE_STATE = "rejected_nonfinite_state"  # NaN/Inf in q: nothing safe to command
     REJECTED_JUMP = "rejected_jump"  # first point too far from q: chunk dropped, braking instead
-    TRUNCATED_WORKSPACE = "truncated_workspace"  # an end effector would leave its box: cut, then braking
+    TRUNCATED_WORKSPACE = "truncated_workspace"  # an end effector would leave its box (or come too close
+    # to the other arm's): cut, then braking
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,25 +157,34 @@ class SafetyFilter:
         dt: command period [s]: targets[k] is for t + (k + 1) dt.
         max_first_jump: largest allowed |targets[0] - q| per dimension [rad or m], scalar or (n,); a farther
             first point means the chunk was planned from another state, so it is rejected, not clipped.
-        workspace: optional boxes, one per arm, in the order of ``fk``'s rows.
-        fk: joint commands (n,) -> end-effector positions (arms, 3) [m, robot base frame]; with ``workspace``.
+        workspace: optional boxes, one per arm, in the order of ``fk``'s rows (or one for every arm in the rig
+            frame, with ``base_poses``).
+        fk: joint commands (n,) -> end-effector positions (arms, 3) [m, each arm's base frame]; with
+            ``workspace`` or ``min_separation``.
+        base_poses: per arm, ``T_rig_base`` (4, 4) [m] from the rig's base-to-base calibration: the boxes and
+            the separation are then in that one rig frame (:class:`~.workspace.Workspace`).
+        min_separation: the arms' end effectors stay at least this far apart [m] (needs ``base_poses``).
 
     Not thread-safe: one control loop owns it (the counters of :meth:`stats` are plain ints).
     """
 
     def __init__(self, limits: JointLimits, dt: float, max_first_jump: float | np.ndarray,
-                 workspace: Sequence[WorkspaceBox] | None = None, fk: ForwardKinematics | None = None) -> None:
+                 workspace: Sequence[WorkspaceBox] | None = None, fk: ForwardKinematics | None = None,
+                 base_poses: Sequence[np.ndarray] | None = None, min_separation: float | None = None) -> None:
         if not (np.isfinite(dt) and dt > 0):
             raise ValueError(f"SafetyFilter.dt: must be a finite period > 0 in seconds, got {dt}")
         jump = np.broadcast_to(np.asarray(max_first_jump, dtype=np.float64), (limits.n,)).copy()
         if not (np.isfinite(jump) & (jump > 0)).all():
             raise ValueError(f"SafetyFilter.max_first_jump: must be finite and > 0, got {max_first_jump!r}")
-        if (workspace is None) != (fk is None):
-            raise ValueError("SafetyFilter: workspace and fk go together (the boxes are checked through fk)")
+        checked = workspace is not None or min_separation is not None
+        if checked != (fk is not None):
+            raise ValueError("SafetyFilter: workspace and fk go together, as do min_separation and fk (the boxes "
+                             "and the separation are checked through fk)")
         self.limits = limits
         self.dt = float(dt)
         self.max_first_jump = jump
-        self.workspace = Workspace(workspace, fk) if workspace is not None and fk is not None else None
+        self.workspace = (Workspace(workspace or (), fk, base_poses, min_separation)
+                          if checked and fk is not None else None)
         self._counts: Counter[str] = Counter()
 
     def filter(self, q: np.ndarray, dq: np.ndarray, targets: np.ndarray,
@@ -258,32 +268,34 @@ class SafetyFilter:
         if self.workspace is not None:
             cut = self._truncate(q, dq, passed.commands)
             if cut is not None:
-                commands, keep, stays_inside = cut
+                commands, keep, stays_inside, why = cut
                 intervention, braking = Intervention.TRUNCATED_WORKSPACE, True
-                detail = f"an end effector leaves its box: kept {keep} of {len(targets)} points, then braking"
+                detail = f"{why}: kept {keep} of {len(targets)} points, then braking"
                 if not stays_inside:
                     detail += " (no stop stays inside the box: braking from q, best effort)"
         return FilterResult(commands, intervention, n_clipped=n_clipped, braking=braking,
                             infeasible_start=infeasible, jerk_yielded=passed.jerk_yielded, detail=detail)
 
     def _truncate(self, q: np.ndarray, dq: np.ndarray,
-                  commands: np.ndarray) -> tuple[np.ndarray, int, bool] | None:
-        """None when every command keeps the end effectors in their boxes. Else the longest prefix whose stop
-        (:func:`brake_trajectory`) stays inside too, followed by that stop, with the prefix length and True;
-        or, when no prefix does (e.g. q is already outside), the stop from (q, dq), 0 and False."""
+                  commands: np.ndarray) -> tuple[np.ndarray, int, bool, str] | None:
+        """None when every command keeps the end effectors in their boxes (and apart). Else the longest prefix
+        whose stop (:func:`brake_trajectory`) stays inside too, followed by that stop, with the prefix length
+        and True; or, when no prefix does (e.g. q is already outside), the stop from (q, dq), 0 and False; and
+        why the first command out is out."""
         assert self.workspace is not None
         inside = self.workspace.inside(commands)
         if inside.all():
             return None
         first_out = int(np.argmin(inside))
+        why = self.workspace.violation(commands[first_out])
         for keep in range(first_out, -1, -1):
             p = commands[keep - 1] if keep > 0 else q
             prev = commands[keep - 2] if keep > 1 else q
             v = (p - prev) / self.dt if keep > 0 else dq
             tail = brake_trajectory(self.limits, self.dt, p, v)
             if self.workspace.inside(tail).all():
-                return np.concatenate([commands[:keep], tail]), keep, True
-        return brake_trajectory(self.limits, self.dt, q, dq), 0, False
+                return np.concatenate([commands[:keep], tail]), keep, True, why
+        return brake_trajectory(self.limits, self.dt, q, dq), 0, False, why
 
     def _count(self, r: FilterResult) -> None:
         c = self._counts

@@ -14,7 +14,9 @@ Topics (DESIGN.md): ``/joint_states``, ``/<arm>/eef_pose``, ``/object_state`` in
 malformed message is dropped with a diagnostic and nothing is sent because of it. The node converts
 messages; every decision (what to run, what is safe, when to hold) is the controller's.
 
-Parameters: ``config/policy_node.yaml`` (documented there and in the README).
+Parameters: ``config/policy_node.yaml`` (documented there and in the README). ``rig_calibration`` names the
+rig's calibration (``calib/RIG``): its base-to-base transform goes to the controller, and a missing or stale
+one is a warning in the log and a WARN status in ``/diagnostics`` (``calibration_required``: configure fails).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from robot_policy.runtime.controller import ControllerConfig, PolicyController, load_serving_policy
 from robot_policy.runtime.dds import require_loopback
+from robot_policy.runtime.rig import RigCalibrationStatus, load_rig_calibration
 from robot_policy.runtime.robot_io import MalformedMessage
 from robot_policy_ros import messages, topics
 
@@ -55,7 +58,11 @@ class PolicyNode(LifecycleNode):
         self.declare_parameter("scheduler", "none")      # none | temporal_ensemble | rtc
         self.declare_parameter("execute_horizon", 0)     # 0: the policy's own
         self.declare_parameter("diagnostics_period_s", 1.0)
+        self.declare_parameter("rig_calibration", "")      # calib/RIG or its base_to_base.yaml; "": none
+        self.declare_parameter("calibration_max_age_days", 90.0)  # older warns; 0: no age limit
+        self.declare_parameter("calibration_required", False)     # a missing base-to-base file fails configure
         self.controller: PolicyController | None = None
+        self.calibration: RigCalibrationStatus | None = None
         self._timer = None
         self._pubs: dict[str, object] = {}
         self._diag_pub = None
@@ -75,7 +82,9 @@ class PolicyNode(LifecycleNode):
                                    position_margin=float(p["position_margin"]),
                                    max_first_jump=float(p["max_first_jump"]), scheduler=str(p["scheduler"]),
                                    execute_horizon=int(p["execute_horizon"]) or None)
-            self.controller = PolicyController(policy, interface, cfg, clock=self._now)
+            self.calibration = self._load_calibration()
+            rig = None if self.calibration is None else self.calibration.transform
+            self.controller = PolicyController(policy, interface, cfg, clock=self._now, rig=rig)
             self.controller.warm()
         except Exception as e:  # noqa: BLE001 -- any load error fails the transition, with its reason logged
             self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
@@ -94,6 +103,23 @@ class PolicyNode(LifecycleNode):
         self._timer = self.create_timer(1.0 / self.controller.loop_hz, self._tick)
         self.get_logger().info(f"configured: {p['policy']} ({self.controller.describe()})")
         return super().on_configure(state)
+
+    def _load_calibration(self) -> RigCalibrationStatus | None:
+        """The rig's base-to-base calibration (``rig_calibration``); each problem (missing, too old, another
+        camera's) is a warning in the log and in /diagnostics."""
+        path = str(self.get_parameter("rig_calibration").value)
+        if not path:
+            return None
+        age = float(self.get_parameter("calibration_max_age_days").value)
+        status = load_rig_calibration(path, max_age_days=age or None,
+                                      required=bool(self.get_parameter("calibration_required").value))
+        for problem in status.problems:
+            self.get_logger().warning(f"rig calibration: {problem}")
+        if status.transform is not None:
+            tf = status.transform
+            self.get_logger().info(f"rig calibration: T_{tf.parent}_{tf.child} from {status.file} "
+                                   f"(calibrated {tf.calibrated_at})")
+        return status
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.controller is not None
@@ -174,6 +200,13 @@ class PolicyNode(LifecycleNode):
                                   message=str(stats.get("reason", stats.get("mode"))),
                                   values=[KeyValue(key=k, value=json.dumps(v)) for k, v in stats.items()])
         msg = DiagnosticArray(status=[status])
+        if self.calibration is not None:
+            cal = self.calibration
+            msg.status.append(DiagnosticStatus(
+                name="policy_node: rig calibration", hardware_id="robot_policy",
+                level=DiagnosticStatus.WARN if cal.problems else DiagnosticStatus.OK,
+                message="; ".join(cal.problems) or f"{cal.file}: ok",
+                values=[KeyValue(key=k, value=json.dumps(v)) for k, v in cal.summary().items()]))
         msg.header.stamp = messages.to_time(now)
         return msg
 
