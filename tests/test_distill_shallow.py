@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_checkpoint import train_tiny_checkpoint
 
 from robot_policy.algorithms.distill import (
     BLOCKS,
@@ -49,20 +50,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``rdt_tiny`` at depth 4, 20 BC steps on one expert episode."""
-    root = tmp_path_factory.mktemp("shallow_teacher")
-    store, run = root / "lift.zarr", root / "run"
-    threads = torch.get_num_threads()
-    try:
-        assert cli_main(["collect", f"task={TASK}", "episodes=1", f"out={store}", "seed=0",
-                         "record_sim_state=false"]) == 0
-        assert cli_main(["train", f"dataset.path={store}", f"out={run}", "policy=rdt_tiny",
-                         f"policy.depth={TEACHER_DEPTH}", "steps=20", "batch_size=8", "optim.warmup_steps=1",
-                         "optim.lr=1e-3", "val_fraction=0", "torch_threads=1", "progress=false"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    latest = ckpt.latest_checkpoint(run)
-    assert latest is not None
-    return latest
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("shallow_teacher"), TASK, steps=20,
+                                 overrides=[f"policy.depth={TEACHER_DEPTH}", "optim.warmup_steps=1", "optim.lr=1e-3"])
 
 
 @pytest.fixture(scope="module")
