@@ -56,6 +56,12 @@ def test_sampler_labels_name_the_students() -> None:
     assert sampler_label("ddpm", 100) == "DDPM-100" and sampler_label("dpmsolver++", 5) == "DPM-Solver++-5"
     with pytest.raises(ValueError, match="backends"):
         InferBenchConfig(backends=["tensorflow"])
+    assert bb.student_label(1, 2) == "student-1 (depth 2)"
+    with pytest.raises(ValueError, match=r"student_depths: 5 is deeper than rdt_small \(depth 4\)"):
+        InferBenchConfig(models=["rdt_small", "rdt_170m"], student_depths=[2, 5])
+    with pytest.raises(ValueError, match="student_depths: 1 must be >= 2"):
+        InferBenchConfig(student_depths=[1])
+    assert InferBenchConfig(student_depths=[]).plan(1).student_steps == ()
 
 
 def _backend(chunks: dict[str, float]) -> dict[str, Any]:
@@ -67,7 +73,12 @@ def test_same_run_ratios() -> None:
     backends = {"torch": _backend({"DDPM-100": 200.0, "DPM-Solver++-5": 12.0, "student-1 (DDIM-1)": 4.0}),
                 "onnxruntime": _backend({"DDPM-100": 50.0, "DPM-Solver++-5": 4.0, "student-1 (DDIM-1)": 2.0}),
                 "tensorrt": {"status": bb.NO_TENSORRT}}
+    # a shallow student's rows (timed on its own network): only its 1-step chunk has ratio rows
+    backends["torch"]["chunks"]["student-1 (depth 2)"] = {"p50_ms": 2.0, "kind": "ddim", "steps": 1, "depth": 2}
+    backends["torch"]["chunks"]["student-2 (depth 2)"] = {"p50_ms": 3.0, "kind": "ddim", "steps": 2, "depth": 2}
     r = bb.same_run_ratios(backends, samplers)
+    assert r["shallow_student_speedup"] == {"torch": {"student-1 (depth 2)": {"DDPM-100": 100.0,
+                                                                             "DPM-Solver++-5": 6.0}}}
     assert r["student_speedup"]["torch"] == {"DDPM-100": 50.0, "DPM-Solver++-5": 3.0}
     assert r["student_speedup"]["onnxruntime"]["DDPM-100"] == 25.0 and "tensorrt" not in r["student_speedup"]
     assert r["onnxruntime_over_torch"] == {"DDPM-100": 4.0, "DPM-Solver++-5": 3.0, "student-1 (DDIM-1)": 2.0}
@@ -104,7 +115,9 @@ def test_bench_infer_backend_table_end_to_end(tmp_path: Path) -> None:
         "max_seconds=60",
         # DDPM-100 of rdt_tiny is >= 100 x 0.05 ms: above 5 ms, so extrapolated (and checked by one real chunk)
         "extrapolate_above_s=0.005", "extrapolated_full_chunks=1", "peak_size=128", "peak_repeats=2",
-        "train_models=[rdt_tiny]", "train_steps=1", "train_batch_size=4", "torch_threads=1"])
+        "train_models=[rdt_tiny]", "train_steps=1", "train_batch_size=4", "torch_threads=1",
+        # rdt_tiny is depth 2 already: its "shallow" student has the same size, which the FLOPs check below uses
+        "student_depths=[2]", "student_steps=[1]"])
     path = write_results("infer", title, rows, results, "robot-policy bench infer (test)", notes,
                          out_dir=tmp_path, md_path=tmp_path / "BENCHMARKS.md")
     m = json.loads(path.read_text())["results"]["latency"]["rdt_tiny"]
@@ -114,7 +127,12 @@ def test_bench_infer_backend_table_end_to_end(tmp_path: Path) -> None:
     for name in ("torch", "onnxruntime"):
         b = m["backends"][name]
         assert b["status"] == "measured" and b["denoiser_call"]["n"] >= 4 and 0 < b["peak_share"]
-        assert set(b["chunks"]) == {"DDPM-100", "DPM-Solver++-5", "student-1 (DDIM-1)"}
+        assert set(b["chunks"]) == {"DDPM-100", "DPM-Solver++-5", "student-1 (DDIM-1)", "student-1 (depth 2)"}
+        shallow, own_call = b["chunks"]["student-1 (depth 2)"], b["students"]["2"]["denoiser_call"]
+        assert shallow["depth"] == 2 and own_call["n"] >= 4
+        # under load a 1-call chunk can pass the 5 ms threshold too: extrapolated from its own network's calls
+        assert shallow["extrapolated"]["calls"] == own_call["n"] if "extrapolated" in shallow else shallow["n"] >= 2
+        assert shallow["overhead_ms"] == pytest.approx(shallow["p50_ms"] - own_call["p50_ms"])
         ddpm = b["chunks"]["DDPM-100"]
         assert ddpm["extrapolated"]["calls"] == b["denoiser_call"]["n"] and ddpm["p99_ms"] is None
         assert ddpm["full_chunks"]["n"] == 1 and ddpm["p50_ms"] > ddpm["without_denoiser"]["p50_ms"]
@@ -123,11 +141,17 @@ def test_bench_infer_backend_table_end_to_end(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         assert m["backends"]["tensorrt"]["status"].startswith(bb.NO_TENSORRT)
     assert set(m["ratios"]["student_speedup"]) == {"torch", "onnxruntime"}
+    assert set(m["ratios"]["shallow_student_speedup"]) == {"torch", "onnxruntime"}
+    assert m["students"]["2"]["flops"] == m["flops"] and m["students"]["2"]["parameters"] == m["parameters"]
     assert set(m["ratios"]["onnxruntime_over_torch"]) == {"DDPM-100", "DPM-Solver++-5", "student-1 (DDIM-1)"}
     metrics = {r.metric: r for r in rows}
     student = [r for r in rows if "student-1 chunk faster than" in r.metric]
     assert len(student) == 4 and {r.target for r in student} == {">= 50x", ">= 5x"}
     assert all(r.status in ("pass", "FAIL") for r in student)
+    shallow_rows = [r for r in rows if "student-1 (depth 2) chunk faster than" in r.metric]
+    assert len(shallow_rows) == 4 and {r.target for r in shallow_rows} == {">= 50x", ">= 5x"}
+    assert any("faster than DPM-Solver++-5 (teacher, depth 2)" in r.metric for r in shallow_rows)
     assert any("FLOP floor" in k for k in metrics) and "rdt_tiny tensorrt" in metrics
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| sampler | batch | torch | onnxruntime | tensorrt |" in md and "extrapolated from" in md
+    assert "| student-1 (depth 2) | 1 |" in md and "| one denoiser call, student depth 2 | 1 |" in md

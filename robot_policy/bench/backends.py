@@ -16,6 +16,12 @@ Every case (backend x sampler) takes one chunk per round, in the same rounds, so
 machine hit them alike; a case stops after ``repeats`` chunks, or once it has ``min_repeats`` and its
 chunks took ``max_seconds`` in all.
 
+Shallow students (``measure_backends(students=...)``: the same config with fewer blocks, its own bundle and
+backend per backend) are cases of the same rounds, as DDIM with ``plan.student_steps`` calls, labelled
+``student-K (depth D)``; each has its own denoiser call timed with the others, and the ratios of its
+1-step chunk to the teacher's DDPM-100 and DPM-Solver++-5 chunks on the same backend are computed like
+the full-depth student's.
+
 A case whose chunk would take longer than ``extrapolate_above_s`` (steps x the backend's call time; DDPM-100
 of a 170M model on CPU) is not timed whole in the rounds: it is reported as ``steps x call p50 + the same
 chunk with a no-op denoiser`` (everything but the network, timed in the rounds) and labelled extrapolated,
@@ -94,12 +100,19 @@ class LatencyPlan:
     peak_size: int = 2048
     peak_repeats: int = 5
     seed: int = 0
+    #: DDIM step counts timed at batch 1 on each shallow student (``student-K (depth D)``)
+    student_steps: Sequence[int] = ()
 
     def enough(self, times: Sequence[float]) -> bool:
         return len(times) >= self.repeats or (len(times) >= self.min_repeats and sum(times) >= self.max_seconds)
 
 
 # --- timing ------------------------------------------------------------------------------------------
+
+
+def student_label(steps: int, depth: int) -> str:
+    """The row of a shallow student: ``student-1 (depth 2)``."""
+    return f"student-{steps} (depth {depth})"
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -308,7 +321,8 @@ class _Runner:
 
 
 def measure_backends(model: RDTPolicyModel, checkpoint: Path, inputs: ModelInputs, obs: dict[str, np.ndarray],
-                     plan: LatencyPlan, say: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+                     plan: LatencyPlan, say: Callable[[str], None] = lambda _msg: None,
+                     students: Mapping[int, tuple[RDTPolicyModel, Path]] | None = None) -> dict[str, Any]:
     """The backend table of one policy (see the module docstring).
 
     Args:
@@ -316,21 +330,32 @@ def measure_backends(model: RDTPolicyModel, checkpoint: Path, inputs: ModelInput
         checkpoint: the same weights as a checkpoint directory (exported to a bundle here).
         inputs: batch-1 model inputs as ``predict_chunk`` builds them from ``obs`` (state (1, Da), ...).
         obs: one observation of the task (``predict_chunk``'s argument).
+        students: depth -> (network, checkpoint) of shallow students of the same policy, timed in the same
+            rounds as DDIM with ``plan.student_steps`` calls.
     Returns:
         JSON-able: FLOPs, the CPU's matmul peak (before and after), per backend its build/warm-up times,
-        denoiser call, chunks per sampler (batch 1) and per (sampler, batch), and the same-run ratios.
+        denoiser call, chunks per sampler (batch 1) and per (sampler, batch), and the same-run ratios; per
+        student depth its FLOPs and export time, and per backend its denoiser call (``students``).
     """
+    students = students or {}
     out: dict[str, Any] = {"flops_by_op": denoiser_flops(model, inputs)}
     out["flops"] = sum(out["flops_by_op"].values())
+    out["students"] = {str(d): {"flops": sum(denoiser_flops(m, inputs).values())} for d, (m, _) in students.items()}
     out["peak_size"] = plan.peak_size
     out["peak_gflops"] = matmul_peaks(plan.peak_size, plan.peak_repeats, plan.threads)
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         start = time.perf_counter()
-        path = export_bundle(ExportConfig(checkpoint=str(checkpoint), out=str(Path(tmp) / "bundle")))
+        bundle = open_bundle(export_bundle(ExportConfig(checkpoint=str(checkpoint), out=str(Path(tmp) / "bundle"))))
         out["export_s"] = time.perf_counter() - start
-        bundle = open_bundle(path)
         out["export_check"] = bundle.spec["export_check"]
+        student_bundles = {}
+        for depth, (_, path) in students.items():
+            start = time.perf_counter()
+            student_bundles[depth] = open_bundle(export_bundle(ExportConfig(
+                checkpoint=str(path), out=str(Path(tmp) / f"bundle_depth_{depth}"))))
+            out["students"][str(depth)]["export_s"] = time.perf_counter() - start
         runners: dict[str, _Runner] = {}
+        student_runners: dict[int, dict[str, _Runner]] = {d: {} for d in students}
         out["backends"] = {}
         for name in plan.backends:
             if (why := unavailable(name)) is not None:
@@ -338,15 +363,17 @@ def measure_backends(model: RDTPolicyModel, checkpoint: Path, inputs: ModelInput
                 continue
             say(f"  building {name}")
             start = time.perf_counter()
-            device = "cuda" if name == "tensorrt" else "cpu"
-            backend = make_backend(name, bundle.source(), BackendOptions(device=device, threads=plan.threads))
-            runner = _Runner(name, backend, bundle, inputs, obs, plan)
+            runners[name] = _build_runner(name, bundle, inputs, obs, plan)
             build_s = time.perf_counter() - start
             say(f"  warming up {name}")
-            out["backends"][name] = {"status": "measured", "device": device, "build_s": build_s,
-                                     "warmup_s": runner.prepare()}
-            runners[name] = runner
-        _time_cases(runners, plan, out["backends"], say)
+            out["backends"][name] = {"status": "measured", "device": _device_of(name), "build_s": build_s,
+                                     "warmup_s": runners[name].prepare()}
+            for depth, student_bundle in student_bundles.items():
+                say(f"  building and warming up {name}, student depth {depth}")
+                student_runners[depth][name] = _build_runner(name, student_bundle, inputs, obs,
+                                                             _student_plan(plan, depth))
+                student_runners[depth][name].prepare()
+        _time_cases(runners, plan, out["backends"], say, student_runners)
     for lib, gflops in matmul_peaks(plan.peak_size, plan.peak_repeats, plan.threads).items():
         out["peak_gflops"][lib] += gflops  # after: the load may have changed over the cases
     out["peak"] = peak = best_peak(out["peak_gflops"])
@@ -356,30 +383,60 @@ def measure_backends(model: RDTPolicyModel, checkpoint: Path, inputs: ModelInput
         b["gflops"] = out["flops"] / (call["p50_ms"] * 1e6)
         # a GPU backend's share of the CPU's peak means nothing
         b["peak_share"] = b["gflops"] / peak if b["device"] == "cpu" else None
-        _finish_chunks(b, call["p50_ms"])
+        b["students"] = {str(d): {"denoiser_call": stats_ms(by_backend[name].calls)}
+                         for d, by_backend in student_runners.items()}
+        _finish_chunks(b)
     out["ratios"] = same_run_ratios(out["backends"], plan.samplers)
     return out
 
 
+def _device_of(backend: str) -> str:
+    return "cuda" if backend == "tensorrt" else "cpu"
+
+
+def _build_runner(name: str, bundle: Bundle, inputs: ModelInputs, obs: dict[str, np.ndarray],
+                  plan: LatencyPlan) -> _Runner:
+    backend = make_backend(name, bundle.source(), BackendOptions(device=_device_of(name), threads=plan.threads))
+    return _Runner(name, backend, bundle, inputs, obs, plan)
+
+
+def _student_plan(plan: LatencyPlan, depth: int) -> LatencyPlan:
+    """What a shallow student's runner times: its DDIM-K chunks at batch 1, no batched rows."""
+    samplers = {student_label(k, depth): ("ddim", k) for k in plan.student_steps}
+    return dataclasses.replace(plan, samplers=samplers, batch_samplers={}, batches=())
+
+
 def _time_cases(runners: dict[str, _Runner], plan: LatencyPlan, results: dict[str, Any],
-                say: Callable[[str], None]) -> None:
-    """Batch-1 rounds, then the real chunks that check the extrapolations, then the batched rounds."""
+                say: Callable[[str], None], students: Mapping[int, dict[str, _Runner]] | None = None) -> None:
+    """Batch-1 rounds (the shallow students' chunks among them), then the real chunks that check the
+    extrapolations, then the batched rounds."""
+    students = students or {}
     for name in runners:
         results[name]["chunks"], results[name]["batched"] = {}, {}
     cases, checks = _batch1_cases(runners, plan)
+    specs: dict[str, tuple[str, int, int | None]] = {label: (k, n, None) for label, (k, n) in plan.samplers.items()}
+    for depth, by_backend in students.items():
+        student_plan = _student_plan(plan, depth)
+        more_cases, more_checks = _batch1_cases(by_backend, student_plan)
+        cases, checks = cases + more_cases, {**checks, **more_checks}
+        specs.update({label: (k, n, depth) for label, (k, n) in student_plan.samplers.items()})
     say(f"  batch 1: {len(cases)} cases in rounds ({len(checks)} extrapolated)")
+    every = [*runners.values(), *(r for by_backend in students.values() for r in by_backend.values())]
 
     def one_call_each(active: set[str]) -> None:  # calls sampled over the same period as the chunks
-        for name in active:
-            runners[name].call()
+        for r in every:
+            if r.name in active:
+                r.call()
 
     rounds = run_rounds(cases, plan.enough, one_call_each)
-    for r in runners.values():
+    for r in every:
         while len(r.calls) < plan.call_repeats:
             r.call()
     for case in cases:
-        kind, steps = plan.samplers[case.label]
+        kind, steps, of_student = specs[case.label]
         row: dict[str, Any] = {"kind": kind, "steps": steps, "rounds": rounds}
+        if of_student is not None:
+            row["depth"] = of_student
         if (case.backend, case.label) in checks:
             row["without_denoiser"] = stats_ms(case.times)
             say(f"  {case.backend} {case.label}: {plan.extrapolated_full_chunks} real chunk(s) as a check")
@@ -423,11 +480,14 @@ def _batch1_cases(runners: dict[str, _Runner], plan: LatencyPlan
     return cases, checks
 
 
-def _finish_chunks(backend: dict[str, Any], call_p50_ms: float) -> None:
-    """Extrapolated chunks get their p50; every chunk its non-denoiser part (p50 - steps x call p50)."""
+def _finish_chunks(backend: dict[str, Any]) -> None:
+    """Extrapolated chunks get their p50; every chunk its non-denoiser part (p50 - steps x call p50), with the
+    denoiser call of its own network (a shallow student's is its own)."""
     for row in backend["chunks"].values():
+        call = backend["students"][str(row["depth"])]["denoiser_call"] if "depth" in row else backend["denoiser_call"]
+        call_p50_ms = call["p50_ms"]
         if "without_denoiser" in row:
-            row["extrapolated"] = {"calls": backend["denoiser_call"]["n"], "call_p50_ms": call_p50_ms,
+            row["extrapolated"] = {"calls": call["n"], "call_p50_ms": call_p50_ms,
                                    "chunks_without_denoiser": row["without_denoiser"]["n"]}
             row["p50_ms"] = extrapolated_ms(row["steps"], call_p50_ms, row["without_denoiser"]["p50_ms"])
             row["p99_ms"] = None  # a sum of p50s has no p99
@@ -441,16 +501,23 @@ def _label_of(samplers: Mapping[str, tuple[str, int]], plan: tuple[str, int]) ->
 
 def same_run_ratios(backends: Mapping[str, Any], samplers: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
     """Chunk p50 ratios of this run (batch 1): per backend, DDPM-100 and DPM-Solver++-5 over student-1
-    (how many times faster the student is), and per sampler, torch eager over ONNX Runtime."""
+    (how many times faster the student is), the same over each shallow student-1 (``shallow_student_speedup``:
+    backend -> its label -> ratios), and per sampler, torch eager over ONNX Runtime."""
     measured = {n: b for n, b in backends.items() if b.get("status") == "measured"}
     student, ddpm, dpm = (_label_of(samplers, p) for p in (STUDENT_1, DDPM_100, DPM_5))
-    out: dict[str, Any] = {"student_speedup": {}, "onnxruntime_over_torch": {}}
+    teachers = [label for label in (ddpm, dpm) if label is not None]
+    out: dict[str, Any] = {"student_speedup": {}, "shallow_student_speedup": {}, "onnxruntime_over_torch": {}}
     for name, b in measured.items():
         chunks = b["chunks"]
-        if student is None:
-            break
-        out["student_speedup"][name] = {other: chunks[other]["p50_ms"] / chunks[student]["p50_ms"]
-                                        for other in (ddpm, dpm) if other is not None}
+        if student is not None:
+            out["student_speedup"][name] = {other: chunks[other]["p50_ms"] / chunks[student]["p50_ms"]
+                                            for other in teachers}
+        shallow = [label for label, row in chunks.items()
+                   if "depth" in row and (row["kind"], row["steps"]) == STUDENT_1]
+        if shallow:
+            out["shallow_student_speedup"][name] = {
+                label: {other: chunks[other]["p50_ms"] / chunks[label]["p50_ms"] for other in teachers}
+                for label in shallow}
     if "torch" in measured and "onnxruntime" in measured:
         eager, ort = measured["torch"]["chunks"], measured["onnxruntime"]["chunks"]
         out["onnxruntime_over_torch"] = {label: eager[label]["p50_ms"] / ort[label]["p50_ms"] for label in samplers}
@@ -507,6 +574,9 @@ def latency_tables(latency: Mapping[str, Mapping[str, Any]], parameters: Mapping
             for key, row in first["batched"].items():
                 lines.append(_matrix_row(row["label"], row["batch"], backends, partial(_pick, "batched", key)))
             lines.append(_matrix_row("one denoiser call", 1, backends, lambda b: chunk_cell(b["denoiser_call"])))
+            for depth in first.get("students", {}):
+                lines.append(_matrix_row(f"one denoiser call, student depth {depth}", 1, backends,
+                                         partial(_student_call, depth)))
             lines.append(_matrix_row("denoiser GFLOP/s, share of the matmul peak", 1, backends, _gflops_cell))
         out.append("\n".join(lines))
     return "\n\n".join(out)
@@ -514,6 +584,10 @@ def latency_tables(latency: Mapping[str, Mapping[str, Any]], parameters: Mapping
 
 def _pick(group: str, key: str, backend: Mapping[str, Any]) -> str:
     return chunk_cell(backend[group][key])
+
+
+def _student_call(depth: str, backend: Mapping[str, Any]) -> str:
+    return chunk_cell(backend["students"][depth]["denoiser_call"])
 
 
 def latency_rows(latency: Mapping[str, Mapping[str, Any]], threads: int) -> list[Row]:
@@ -524,6 +598,9 @@ def latency_rows(latency: Mapping[str, Mapping[str, Any]], threads: int) -> list
         peak = m["peak"]
         rows.append(Row(f"{model}: FLOPs per denoiser call, batch 1 (GFLOP; matmuls + attention, B x at batch B)",
                         f"{m['flops'] / 1e9:.3f}"))
+        for depth, s in m.get("students", {}).items():
+            rows.append(Row(f"{model}: FLOPs per denoiser call of a depth-{depth} student (of depth "
+                            f"{m.get('depth', '?')}), batch 1 (GFLOP)", f"{s['flops'] / 1e9:.3f}"))
         for lib, gflops in m["peak_gflops"].items():
             rows.append(Row(f"{model}: this CPU's float32 {m['peak_size']}^2 matmul in {lib}, {threads} thread(s), "
                             f"{len(gflops)} products before and after the cases (GFLOP/s, best / median)",
@@ -543,22 +620,33 @@ def latency_rows(latency: Mapping[str, Mapping[str, Any]], threads: int) -> list
             rows.append(Row(f"{model}: denoiser call p50 on the fastest CPU backend ({fastest}) vs its FLOP floor "
                             f"(FLOPs / the best matmul, {peak:.0f} GFLOP/s)", f"{call_ms:,.2f} ms vs {floor_ms:,.2f} ms "
                             f"(x{call_ms / floor_ms:.2f} the floor)"))
-        labels = {tuple(ks): label for label, ks in ((lb, (r["kind"], r["steps"])) for lb, r in
-                                                     _first_chunks(m).items())}
+        labels = {(r["kind"], r["steps"]): lb for lb, r in _first_chunks(m).items() if "depth" not in r}
+        teacher = f" (teacher, depth {m['depth']})" if "depth" in m else " (teacher)"
         for name, speedups in m["ratios"]["student_speedup"].items():
-            for plan, target in STUDENT_TARGETS.items():
-                other = labels.get(plan)
-                if other is None or other not in speedups:
-                    continue
-                note = " (extrapolated)" if "extrapolated" in m["backends"][name]["chunks"][other] else ""
-                rows.append(Row(f"{model} {name}: student-1 chunk faster than {other}{note}, same backend and run",
-                                f"x{speedups[other]:.1f}", f">= {target:g}x", check(speedups[other], target)))
+            rows.extend(_speedup_rows(f"{model} {name}", "student-1", speedups, labels, m["backends"][name], ""))
+        for name, by_label in m["ratios"].get("shallow_student_speedup", {}).items():
+            for label, speedups in by_label.items():
+                rows.extend(_speedup_rows(f"{model} {name}", label, speedups, labels, m["backends"][name], teacher))
         ort_target = ORT_TARGETS.get(model)
         for label, ratio in m["ratios"]["onnxruntime_over_torch"].items():
             note = " (extrapolated)" if "extrapolated" in m["backends"]["torch"]["chunks"][label] else ""
             rows.append(Row(f"{model} {label}: ONNX Runtime faster than torch eager per chunk{note}, batch 1",
                             f"x{ratio:.2f}", f">= {ort_target:g}x" if ort_target else "",
                             check(ratio, ort_target) if ort_target else ""))
+    return rows
+
+
+def _speedup_rows(where: str, student: str, speedups: Mapping[str, float], labels: Mapping[tuple[str, int], str],
+                  backend: Mapping[str, Any], teacher: str) -> list[Row]:
+    """``student``'s chunk against DDPM-100 and DPM-Solver++-5 on one backend, with the issue's targets."""
+    rows = []
+    for plan, target in STUDENT_TARGETS.items():
+        other = labels.get(plan)
+        if other is None or other not in speedups:
+            continue
+        note = " (extrapolated)" if "extrapolated" in backend["chunks"][other] else ""
+        rows.append(Row(f"{where}: {student} chunk faster than {other}{teacher}{note}, same backend and run",
+                        f"x{speedups[other]:.1f}", f">= {target:g}x", check(speedups[other], target)))
     return rows
 
 

@@ -7,7 +7,10 @@ one real reset, its control rate and its instruction; no cameras), saved as a ch
 deploy bundle and run on each backend (torch eager, torch.compile, ONNX Runtime; TensorRT where it and a
 GPU exist): ``predict_chunk`` at batch 1 per sampler, ``sample_chunk`` at the RL batch sizes for the
 fastest samplers, one denoiser call, its FLOPs and their share of this CPU's matmul peak, and the ratios
-the issue's targets are stated in, all from one run.
+the issue's targets are stated in, all from one run. Next to each policy, shallow students (its config with
+``depth`` set to each of ``student_depths``, random weights, their own bundles) are timed on every backend in
+the same rounds, as DDIM with ``student_steps`` calls: what ``robot-policy distill student_depth=N`` writes,
+so the ratio of a shallow student-1 to the full-depth teacher's DPM-Solver++-5 can be read on each backend.
 
 Training throughput: optimisation steps as ``train()`` runs them (the step's randomness drawn from
 ``(seed, step)``, condition dropout and state noise, ``compute_loss`` through ``DiffusionLoss``, backward,
@@ -69,6 +72,11 @@ class InferBenchConfig:
                                                          "ddim:1"])
     #: deployment backends (robot_policy.runtime.backends); tensorrt is reported unmeasured without a GPU
     backends: list[str] = field(default_factory=lambda: ["torch", "torch.compile", "onnxruntime", "tensorrt"])
+    #: shallow students timed next to each model: its config with ``depth`` set to each of these (random weights,
+    #: every backend, in the same rounds): what ``robot-policy distill student_depth=N`` writes; [] = none
+    student_depths: list[int] = field(default_factory=lambda: [2])
+    #: DDIM steps of the shallow students' batch-1 rows (``student-K (depth D)``)
+    student_steps: list[int] = field(default_factory=lambda: [1, 2])
     #: samplers also timed at ``batches`` (the RL rollouts' batched call), as ``kind:steps``
     batch_samplers: list[str] = field(default_factory=lambda: ["ddim:1", "ddim:2"])
     #: batch sizes of the RL rows
@@ -114,12 +122,21 @@ class InferBenchConfig:
         self.models, self.samplers, self.train_models = list(self.models), list(self.samplers), list(self.train_models)
         self.backends, self.batch_samplers, self.batches = (list(self.backends), list(self.batch_samplers),
                                                             list(self.batches))
+        self.student_depths, self.student_steps = list(self.student_depths), list(self.student_steps)
         for spec in self.samplers + self.batch_samplers:
             parse_sampler(spec)
         known = available_policy_configs()
         for name in self.models + self.train_models:
             if name not in known:
                 raise ValueError(f"models/train_models: unknown policy config {name!r}; available: {', '.join(known)}")
+        for depth in self.student_depths:
+            if depth < 2:
+                raise ValueError(f"student_depths: {depth} must be >= 2 (a language and an observation block)")
+            shallower = [f"{n} (depth {d})" for n in self.models if (d := load_policy_config(n).depth) < depth]
+            if shallower:
+                raise ValueError(f"student_depths: {depth} is deeper than {', '.join(shallower)}")
+        if any(k < 1 for k in self.student_steps):
+            raise ValueError(f"student_steps: every step count must be >= 1, got {self.student_steps}")
         for name in self.backends:
             if name not in backend_names():
                 raise ValueError(f"backends: unknown {name!r}; available: {', '.join(backend_names())}")
@@ -152,7 +169,8 @@ class InferBenchConfig:
         return LatencyPlan(labelled(self.samplers), self.backends, labelled(self.batch_samplers), self.batches,
                            threads, self.repeats, self.min_repeats, self.max_seconds, self.warmup,
                            self.warmup_steps, self.call_repeats, self.extrapolate_above_s,
-                           self.extrapolated_full_chunks, self.peak_size, self.peak_repeats, self.seed)
+                           self.extrapolated_full_chunks, self.peak_size, self.peak_repeats, self.seed,
+                           self.student_steps if self.student_depths else ())
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
@@ -308,8 +326,15 @@ def measure_latency(name: str, cfg: InferBenchConfig, ti: TaskInputs, plan: Late
     inputs = make_model_inputs(observation_batch(ti, policy.obs_encoder.n_obs_steps), normalizer, language)
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
         path = write_checkpoint(model, normalizer, ti, language, Path(tmp))
-        out = measure_backends(model, path, inputs, ti.obs, plan, say)
-    return {"parameters": count_parameters(policy), "horizon": policy.horizon,
+        students = {}
+        for depth in cfg.student_depths:  # what distill student_depth=depth writes; random weights time the same
+            torch.manual_seed(cfg.seed)
+            student = RDTPolicyModel(dataclasses.replace(policy, depth=depth)).eval()
+            students[depth] = (student, write_checkpoint(student, normalizer, ti, language, Path(tmp) / f"depth_{depth}"))
+        out = measure_backends(model, path, inputs, ti.obs, plan, say, students)
+    for depth in cfg.student_depths:
+        out["students"][str(depth)]["parameters"] = count_parameters(dataclasses.replace(policy, depth=depth))
+    return {"parameters": count_parameters(policy), "horizon": policy.horizon, "depth": policy.depth,
             "lang_tokens": int(inputs.lang_tokens.shape[1]) if inputs.lang_tokens is not None else 0,
             "obs_tokens": policy.obs_encoder.num_tokens, **out}
 
@@ -450,7 +475,12 @@ def infer_notes(r: dict[str, Any], cfg: InferBenchConfig) -> str:
         f"{' / '.join(map(str, cfg.batches)) or '(none)'} (RL rollouts) = "
         "`sample_chunk` on the batch-1 inputs repeated (encode + the loop). student-1 / student-2 = the same network "
         "sampled with DDIM-1 / DDIM-2: a distilled student is an ordinary checkpoint whose sampler is DDIM-K, so its "
-        "chunk costs what these do. Every (backend, sampler) case takes one chunk per round in the same rounds, with "
+        "chunk costs what these do. "
+        + (f"student-K (depth D) = the same config with {' / '.join(map(str, cfg.student_depths))} transformer "
+           "blocks (what `robot-policy distill student_depth=D` writes; random weights, its own bundle and backend), "
+           "sampled with DDIM-K, timed in the same rounds; its ratio rows compare it with the full-depth teacher's "
+           "chunks on the same backend. " if cfg.student_depths else "")
+        + "Every (backend, sampler) case takes one chunk per round in the same rounds, with "
         f"one denoiser call per backend per round; a case times up to {cfg.repeats} chunks, stopping after "
         f"{cfg.max_seconds:g} s once {cfg.min_repeats} are done (a p99 of n < 100 is about the max). A case estimated "
         f"above {cfg.extrapolate_above_s:g} s per chunk is extrapolated: steps x the backend's denoiser-call p50 + the "
