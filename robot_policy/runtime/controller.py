@@ -34,7 +34,7 @@ from robot_policy.policies.base import Policy, observe, reset_policy
 from robot_policy.policies.diffusion import ActionPrefix
 from robot_policy.runtime.robot_io import ObservationAssembler, RobotInterface, native_rows
 from robot_policy.runtime.rtc import rtc_weights
-from robot_policy.runtime.runner import AsyncInferenceRunner, InferenceResult, SimulatedLatencyRunner
+from robot_policy.runtime.runner import AsyncInferenceRunner, InferenceResult, InferenceRunner
 from robot_policy.runtime.safety import (
     ForwardKinematics,
     Intervention,
@@ -161,12 +161,14 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
 class PolicyController:
     """Runs a :class:`~robot_policy.policies.base.Policy` on a robot through the runtime (module docstring).
 
-    Not thread-safe: one control thread calls every method; inference runs on the runner's thread.
+    Not thread-safe: one control thread calls every method; inference runs on the runner's thread (or in its
+    process: :class:`~robot_policy.runtime.process_runner.ProcessInferenceRunner`, with ``policy`` its
+    ``runner.policy``).
     """
 
     def __init__(self, policy: Policy, interface: RobotInterface, cfg: ControllerConfig | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 runner: AsyncInferenceRunner | SimulatedLatencyRunner | None = None,
+                 runner: InferenceRunner | None = None,
                  fk: ForwardKinematics | None = None, rig: FrameTransform | None = None) -> None:
         """``fk``: joint commands (n,) -> end-effector positions (arms, 3; rows in ``interface.arm_joints``
         order, each in its arm's base frame, m), for the workspace settings of ``cfg``; ``rig``: the rig's
@@ -191,7 +193,8 @@ class PolicyController:
         self.watchdog = Watchdog(WatchdogConfig(obs_timeout_s=cfg.obs_timeout_s, inference_deadline_s=deadline))
         self.scheduler = ChunkScheduler(SchedulerConfig(mode=cfg.scheduler))
         # the runner stamps its results on the clock of the observation stamps, so latency = finished - obs time
-        self.runner = runner or AsyncInferenceRunner(self._infer, injected_delay_s=cfg.injected_delay_s, clock=clock)
+        self.runner: InferenceRunner = runner or AsyncInferenceRunner(
+            self._infer, injected_delay_s=cfg.injected_delay_s, clock=clock)
         self._plan: _Plan | None = None
         self._holding = False
         self._last_stamp = -np.inf

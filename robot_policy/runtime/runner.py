@@ -9,10 +9,13 @@
                 runner.submit(obs, obs_time)             # False while the previous one is still out
             command(scheduler.action_at(now))
 
-A thread, not a process: torch releases the GIL inside its kernels (and ONNX Runtime / TensorRT inside
-``run``), so the control loop runs while the network does. The Python between kernels (the sampler's update,
-input assembly) does take the GIL and can delay a control tick by up to a few ms; a loop that needs hard
-real-time guarantees belongs in its own process (the ROS node's executor).
+A thread: torch releases the GIL inside its kernels (and ONNX Runtime / TensorRT inside ``run``), so the
+control loop runs while the network does. The Python between kernels (the sampler's update, input assembly)
+does take the GIL and delays a control tick that wakes meanwhile by up to the switch interval, more when the
+inference thread is preempted while holding it (``bench runtime``'s loop under SCHED_FIFO on 2 loaded cores:
+~20 of 1000 ticks more than 1 ms late with the thread, 1-4 with
+:class:`~robot_policy.runtime.process_runner.ProcessInferenceRunner`, the same interface with the policy in
+a process of its own: a real-time loop's choice; this one stays for in-process and deterministic runs).
 
 Threads: torch's intra-op pool is process-wide. ``torch_threads`` sets it once, from the worker, before the
 first inference; leave a core to the control loop (e.g. ``os.cpu_count() - 1``). ``None`` leaves torch's
@@ -33,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 import torch
@@ -78,7 +81,105 @@ class _Job:
     kwargs: dict[str, Any]
 
 
-class AsyncInferenceRunner:
+class InferenceRunner(Protocol):
+    """What :class:`~robot_policy.runtime.controller.PolicyController` needs of a runner: one inference in
+    flight, started by ``submit`` and collected once by ``poll`` / ``wait``. :class:`AsyncInferenceRunner`
+    (a thread), :class:`~robot_policy.runtime.process_runner.ProcessInferenceRunner` (a process) and
+    :class:`SimulatedLatencyRunner` (simulated time) are ones."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def submit(self, obs: Any, obs_time: float, **kwargs: Any) -> bool: ...
+
+    def poll(self) -> InferenceResult | None: ...
+
+    def wait(self, timeout: float | None = None) -> InferenceResult | None: ...
+
+    def wait_idle(self, timeout: float | None = None) -> InferenceResult | None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+class WorkerRunner:
+    """The bookkeeping of a runner whose worker (a thread, a process) takes one job at a time: at most one
+    submitted and not yet collected, results and the worker's exceptions handed over once. Subclasses move
+    the job to the worker (:meth:`_put`) and the worker's answer back (:meth:`_get`)."""
+
+    def __init__(self) -> None:
+        # Submitted and not yet collected by poll/wait. Only the caller's thread reads or writes it.
+        self._outstanding = False
+        self._closed = False
+
+    def _put(self, job: _Job) -> None:
+        raise NotImplementedError
+
+    def _get(self, timeout: float | None) -> InferenceResult | BaseException | None:
+        """The worker's answer, waiting up to ``timeout`` s (0: do not wait; None: forever); None if none."""
+        raise NotImplementedError
+
+    @property
+    def busy(self) -> bool:
+        """Whether a submitted inference has not been collected yet (running, or finished but not polled)."""
+        return self._outstanding
+
+    def submit(self, obs: Any, obs_time: float, **kwargs: Any) -> bool:
+        """Start inferring a chunk from ``obs`` (taken at ``obs_time``, s); ``kwargs`` go to ``predict`` (e.g.
+        ``prefix=`` for real-time chunking, ``noise=``). Returns False, and does nothing, while the previous
+        one is still out: it is running, or its result has not been collected by :meth:`poll` (a result is
+        never overwritten). ``obs`` must not be mutated by the caller afterwards: the worker reads it."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__}: submit after close")
+        if self._outstanding:
+            return False
+        self._outstanding = True
+        self._put(_Job(obs, float(obs_time), kwargs))
+        return True
+
+    def poll(self) -> InferenceResult | None:
+        """The finished result, once, or None if there is none (yet). Re-raises an exception raised by
+        ``predict`` in the worker (the runner is then free for the next submit)."""
+        if not self._outstanding:
+            return None
+        item = self._get(0.0)
+        return None if item is None else self._collect(item)
+
+    def wait(self, timeout: float | None = None) -> InferenceResult | None:
+        """Block until the outstanding result is ready (None after ``timeout`` s, or when none is out)."""
+        if not self._outstanding:
+            return None
+        item = self._get(timeout)
+        return None if item is None else self._collect(item)
+
+    def wait_idle(self, timeout: float | None = None) -> InferenceResult | None:
+        """Block until nothing is outstanding and return what was (None if nothing was): before a reset, so
+        that a chunk of the old episode is never polled in the new one. Re-raises the worker's exception.
+        Raises TimeoutError if the inference is still running after ``timeout`` s."""
+        if not self._outstanding:
+            return None
+        result = self.wait(timeout)
+        if self._outstanding:
+            raise TimeoutError(f"{type(self).__name__}: inference still running after {timeout} s")
+        return result
+
+    def _collect(self, item: InferenceResult | BaseException) -> InferenceResult:
+        self._outstanding = False
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncInferenceRunner(WorkerRunner):
     """Runs ``predict`` in a background thread, one call at a time. See the module docstring.
 
     Args:
@@ -99,71 +200,24 @@ class AsyncInferenceRunner:
             raise ValueError(f"injected_delay_s: must be >= 0, got {injected_delay_s}")
         if torch_threads is not None and torch_threads < 1:
             raise ValueError(f"torch_threads: must be >= 1, got {torch_threads}")
+        super().__init__()
         self._predict: Predict = fn
         self.injected_delay_s = injected_delay_s
         self._torch_threads = torch_threads
         self._clock = clock
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._results: queue.Queue[InferenceResult | BaseException] = queue.Queue()
-        # Submitted and not yet collected by poll/wait. Only the caller's thread reads or writes it.
-        self._outstanding = False
-        self._closed = False
         self._thread = threading.Thread(target=self._work, name="policy-inference", daemon=True)
         self._thread.start()
 
-    @property
-    def busy(self) -> bool:
-        """Whether a submitted inference has not been collected yet (running, or finished but not polled)."""
-        return self._outstanding
+    def _put(self, job: _Job) -> None:
+        self._jobs.put(job)
 
-    def submit(self, obs: Any, obs_time: float, **kwargs: Any) -> bool:
-        """Start inferring a chunk from ``obs`` (taken at ``obs_time``, s); ``kwargs`` go to ``predict`` (e.g.
-        ``prefix=`` for real-time chunking, ``noise=``). Returns False, and does nothing, while the previous
-        one is still out: it is running, or its result has not been collected by :meth:`poll` (a result is
-        never overwritten). ``obs`` must not be mutated by the caller afterwards: the worker reads it."""
-        if self._closed:
-            raise RuntimeError("AsyncInferenceRunner: submit after close")
-        if self._outstanding:
-            return False
-        self._outstanding = True
-        self._jobs.put(_Job(obs, float(obs_time), kwargs))
-        return True
-
-    def poll(self) -> InferenceResult | None:
-        """The finished result, once, or None if there is none (yet). Re-raises an exception raised by
-        ``predict`` in the worker (the runner is then free for the next submit)."""
+    def _get(self, timeout: float | None) -> InferenceResult | BaseException | None:
         try:
-            item = self._results.get_nowait()
+            return self._results.get(block=timeout != 0, timeout=timeout or None)
         except queue.Empty:
             return None
-        return self._collect(item)
-
-    def wait(self, timeout: float | None = None) -> InferenceResult | None:
-        """Block until the outstanding result is ready (None after ``timeout`` s, or when none is out)."""
-        if not self._outstanding:
-            return None
-        try:
-            item = self._results.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        return self._collect(item)
-
-    def wait_idle(self, timeout: float | None = None) -> InferenceResult | None:
-        """Block until nothing is outstanding and return what was (None if nothing was): before a reset, so
-        that a chunk of the old episode is never polled in the new one. Re-raises the worker's exception.
-        Raises TimeoutError if the inference is still running after ``timeout`` s."""
-        if not self._outstanding:
-            return None
-        result = self.wait(timeout)
-        if self._outstanding:
-            raise TimeoutError(f"AsyncInferenceRunner: inference still running after {timeout} s")
-        return result
-
-    def _collect(self, item: InferenceResult | BaseException) -> InferenceResult:
-        self._outstanding = False
-        if isinstance(item, BaseException):
-            raise item
-        return item
 
     def _work(self) -> None:
         if self._torch_threads is not None:
@@ -186,13 +240,6 @@ class AsyncInferenceRunner:
             self._closed = True
             self._jobs.put(None)
         self._thread.join(timeout)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 def chunk_native(chunk: ActionChunk) -> np.ndarray:
