@@ -138,3 +138,70 @@ def test_bad_arguments_are_named() -> None:
         RealTimeLoop(HZ).run(lambda now: None)
     with pytest.raises(ValueError, match="exactly one"):
         RealTimeLoop(HZ).run(lambda now: None, duration_s=1, ticks=1)
+
+
+def test_gc_control_collects_between_ticks_only_and_restores_the_collector() -> None:
+    import gc
+
+    fake = FakeTime()
+    seen: list[tuple[bool, int]] = []
+    garbage: list[list[object]] = []
+
+    def fn(now: float) -> None:
+        seen.append((gc.isenabled(), gc.get_freeze_count()))
+        for _ in range(200):  # cyclic garbage, past generation 0's threshold within a few ticks
+            cycle: list[object] = []
+            cycle.append(cycle)
+        garbage.append([])
+
+    assert gc.isenabled()
+    loop = RealTimeLoop(HZ, clock=fake.clock, sleep=fake.sleep, spin_s=0, gc_control=True, gc_slack_s=1e-3)
+    loop.run(fn, ticks=50)
+    assert all(not enabled and frozen > 0 for enabled, frozen in seen)  # no automatic collection in a tick
+    assert loop.collections > 0  # the loop collected in the slack after ticks instead
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_gc_control_does_not_collect_without_slack() -> None:
+    fake = FakeTime()
+
+    def busy(now: float) -> None:
+        for _ in range(200):
+            cycle: list[object] = []
+            cycle.append(cycle)
+        fake.t += 0.9 * PERIOD  # the next deadline is 0.5 ms away: less than the 2 ms a collection may take
+
+    loop = RealTimeLoop(HZ, clock=fake.clock, sleep=fake.sleep, spin_s=0, gc_control=True, gc_slack_s=2e-3)
+    loop.run(busy, ticks=50)
+    assert loop.collections == 0
+
+
+def test_rt_priority_runs_the_loop_under_sched_fifo_and_restores_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    calls: list[tuple[int, int]] = []
+    during: list[int] = []
+    monkeypatch.setattr(os, "sched_getscheduler", lambda pid: os.SCHED_OTHER)
+    monkeypatch.setattr(os, "sched_getparam", lambda pid: os.sched_param(0))
+    monkeypatch.setattr(os, "sched_setscheduler", lambda pid, policy, param: calls.append(
+        (policy, param.sched_priority)))
+    fake = FakeTime()
+    RealTimeLoop(HZ, clock=fake.clock, sleep=fake.sleep, rt_priority=50).run(
+        lambda now: during.append(len(calls)), ticks=3)
+    assert calls == [(os.SCHED_FIFO, 50), (os.SCHED_OTHER, 0)]
+    assert during == [1, 1, 1]  # FIFO while ticking, the old policy back after
+
+
+def test_rt_priority_refused_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    with pytest.raises(PermissionError, match="rt_priority=50.*CAP_SYS_NICE"):
+        RealTimeLoop(HZ, rt_priority=50).run(lambda now: None, ticks=1)
+    with pytest.raises(ValueError, match="rt_priority"):
+        RealTimeLoop(HZ, rt_priority=0)
+    with pytest.raises(ValueError, match="gc_slack_s"):
+        RealTimeLoop(HZ, gc_slack_s=0.01)

@@ -14,7 +14,19 @@ does not run a burst of catch-up ticks with stale inputs): they count as missed.
 Threads: the spin holds the GIL for up to ``spin_s``; a thread that runs Python meanwhile (the inference
 runner between torch kernels) can hold it when the loop wakes, and CPython then makes the loop wait up to
 the interpreter's switch interval (5 ms by default, a whole period at 200 Hz) before forcing a hand-over.
-``switch_interval_s`` lowers it while the loop runs (restored afterwards); None leaves it as it is.
+``switch_interval_s`` lowers it while the loop runs (restored afterwards); None leaves it as it is. Better,
+infer in another process (:class:`~robot_policy.runtime.process_runner.ProcessInferenceRunner`).
+
+Garbage collection: CPython's collector runs when allocations pass a threshold, inside whichever tick
+allocates, and a full collection of a process holding torch and a model takes milliseconds. ``gc_control``
+freezes what exists when the run starts (never collected again), disables the automatic collector while the
+loop runs, and collects the young generations itself after a tick that leaves at least ``gc_slack_s`` before
+the next deadline (restored afterwards).
+
+Scheduling: on a loaded machine the OS wakes a sleeping thread when its turn comes among the runnable ones,
+milliseconds late. ``rt_priority`` runs the loop's thread under ``SCHED_FIFO`` at that priority (1-99, as a
+ros2_control controller manager does; needs CAP_SYS_NICE or an rtprio limit), restored afterwards: it then
+preempts every ordinary thread when its deadline comes.
 
 Times are seconds of ``clock`` (``time.monotonic``, the clock of the controller's observation stamps).
 No ROS: the ROS 2 node runs the same controller from an rclpy timer instead.
@@ -22,7 +34,9 @@ No ROS: the ROS 2 node runs the same controller from an rclpy timer instead.
 
 from __future__ import annotations
 
+import gc
 import math
+import os
 import sys
 import threading
 import time
@@ -118,22 +132,34 @@ class RealTimeLoop:
         sleep: blocks for the given seconds (a test passes one that advances a fake ``clock``).
         spin_s: the last part of each wait is a busy loop on ``clock`` of this many seconds.
         switch_interval_s: the interpreter's GIL switch interval while the loop runs (None: unchanged).
+        gc_control: collect garbage between ticks only (module docstring).
+        gc_slack_s: the least time before the next deadline in which a collection starts.
+        rt_priority: SCHED_FIFO priority of the loop's thread while it runs (None: unchanged).
     """
 
     def __init__(self, hz: float, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, spin_s: float = 3e-4,
-                 switch_interval_s: float | None = None) -> None:
+                 switch_interval_s: float | None = None, gc_control: bool = False, gc_slack_s: float = 2e-3,
+                 rt_priority: int | None = None) -> None:
         if not (math.isfinite(hz) and hz > 0):
             raise ValueError(f"hz: must be > 0, got {hz}")
         if not 0 <= spin_s < 1.0 / hz:
             raise ValueError(f"spin_s: must be in [0, one period = {1.0 / hz:g} s), got {spin_s}")
         if switch_interval_s is not None and not switch_interval_s > 0:
             raise ValueError(f"switch_interval_s: must be > 0 or None, got {switch_interval_s}")
+        if not 0 <= gc_slack_s < 1.0 / hz:
+            raise ValueError(f"gc_slack_s: must be in [0, one period = {1.0 / hz:g} s), got {gc_slack_s}")
+        if rt_priority is not None and not 1 <= rt_priority <= 99:
+            raise ValueError(f"rt_priority: must be in 1..99 or None, got {rt_priority}")
         self.hz = float(hz)
         self.clock = clock
         self.sleep = sleep
         self.spin_s = float(spin_s)
         self.switch_interval_s = switch_interval_s
+        self.gc_control = gc_control
+        self.gc_slack_s = float(gc_slack_s)
+        self.rt_priority = rt_priority
+        self.collections = 0  # garbage collections the last run made between ticks
 
     def wait_until(self, deadline: float) -> float:
         """Block until ``clock() >= deadline``; returns that clock reading (s)."""
@@ -165,7 +191,17 @@ class RealTimeLoop:
         previous = sys.getswitchinterval()
         if self.switch_interval_s is not None:
             sys.setswitchinterval(self.switch_interval_s)
+        gc_was_enabled = gc.isenabled()
+        self.collections = 0
+        scheduling, frozen = None, False
         try:
+            if self.rt_priority is not None:
+                scheduling = _enter_fifo(self.rt_priority)
+            if self.gc_control:
+                gc.collect()
+                gc.freeze()  # what exists now (model, env, imports) is never traversed again
+                gc.disable()
+                frozen = True
             t0 = self.clock()
             k = 0
             while k < n and not (stop_event is not None and stop_event.is_set()):
@@ -179,7 +215,38 @@ class RealTimeLoop:
                 compute.append(end - now)
                 # the next deadline not yet past; those skipped are missed (no catch-up burst)
                 k = max(k + 1, math.floor((end - t0) / period + 1e-9))
+                if self.gc_control and t0 + k * period - end >= self.gc_slack_s:
+                    self._collect_young()
         finally:
+            if frozen:
+                gc.unfreeze()
+                if gc_was_enabled:
+                    gc.enable()
+            if scheduling is not None:
+                os.sched_setscheduler(0, *scheduling)
             sys.setswitchinterval(previous)
         return LoopTiming(self.hz, np.asarray(index, np.int64), np.asarray(deadlines), np.asarray(starts),
                           np.asarray(compute))
+
+    def _collect_young(self) -> None:
+        """What the automatic collector would do now, generations 0 and 1 only (the frozen heap is the old
+        generation's bulk; what survives both young ones waits for the end of the run)."""
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        if counts[1] >= thresholds[1]:
+            gc.collect(1)
+        elif counts[0] >= thresholds[0]:
+            gc.collect(0)
+        else:
+            return
+        self.collections += 1
+
+
+def _enter_fifo(priority: int) -> tuple[int, os.sched_param]:
+    """SCHED_FIFO at ``priority`` for the calling thread; returns the policy and parameter to restore."""
+    previous = (os.sched_getscheduler(0), os.sched_getparam(0))
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError as e:
+        raise PermissionError(f"rt_priority={priority}: SCHED_FIFO refused ({e}); grant CAP_SYS_NICE or an "
+                              "rtprio limit (ulimit -r), or pass rt_priority=None") from e
+    return previous
