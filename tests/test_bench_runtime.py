@@ -1,6 +1,8 @@
 """``robot-policy bench runtime`` at toy sizes: a 2-step rdt_tiny checkpoint, a second of real-time control
-per model, one episode per (scheme, delay) on two delays; the JSON holds every part's results, the table
-its rows, the PNG is written. The ROS 2 part runs on its own (``ros``: skips without rclpy)."""
+per model (robot and policy in processes of their own; once more in the loop's process), one episode per
+(scheme, delay) on two delays; the JSON holds every part's results, the table its rows, the PNG is written.
+The ROS 2 part runs on its own (``ros``: skips without rclpy). SCHED_FIFO is off (``rt_priority=null``: it
+needs a capability; tests/test_runtime_loop.py checks it is applied)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _run(overrides: list[str], tmp_path: Path) -> tuple[list, dict, Path]:
 def test_bench_runtime_loop_and_delay_sweep_tiny(checkpoint: Path, tmp_path: Path) -> None:
     figure = tmp_path / "sweep.png"
     rows, r, md = _run([f"checkpoint={checkpoint}", "parts=[loop,delay]", "loop_seconds=1", "large_model=rdt_tiny",
-                        "large_loop_seconds=1", "episodes=1", "delays_ms=[0,300]", "max_steps=30",
+                        "large_loop_seconds=1", "episodes=1", "delays_ms=[0,300]", "max_steps=30", "rt_priority=null",
                         f"figure={figure}", f"workdir={tmp_path / 'work'}", "progress=false"], tmp_path)
     # loop: timing of every tick that ran, for the checkpoint and the large (here: tiny, untrained) model
     for key in ("checkpoint", "large"):
@@ -48,6 +50,9 @@ def test_bench_runtime_loop_and_delay_sweep_tiny(checkpoint: Path, tmp_path: Pat
         assert m["loop"]["ticks"] > 0 and m["loop"]["period_error"]["p50_ms"] >= 0
         assert 0 <= m["periods_met"] <= 1 and m["chunks"] >= 1
         assert m["loop"]["ticks"] == m["tick_compute"]["n"]
+        assert sum(e["steps"] for e in m["episodes"]) > 0 and m["controller"]["commands"] > 0  # it moved the robot
+        late = m["late_ticks"]
+        assert late["after_long_tick"] + late["late_wakeup"] == late["late"] <= m["loop"]["ticks"]
     assert r["loop"]["large"]["untrained"] and r["loop"]["large"]["model"] == "rdt_tiny"
     # delay: every scheme at both delays, one seed each, as success with a Wilson interval
     assert set(r["delay"]) == set(SCHEMES)
@@ -63,6 +68,19 @@ def test_bench_runtime_loop_and_delay_sweep_tiny(checkpoint: Path, tmp_path: Pat
                                                                    for m in metrics)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(figure) in md.read_text()
+
+
+def test_bench_runtime_loop_in_the_loops_process(checkpoint: Path, tmp_path: Path) -> None:
+    """The env stepped in the loop's thread and the policy on the runner's thread: the placements the
+    process ones are measured against."""
+    rows, r, md = _run([f"checkpoint={checkpoint}", "parts=[loop]", "loop_seconds=1", "large_model=",
+                        "robot=loop", "inference=thread", "gc_control=false", "rt_priority=null",
+                        f"workdir={tmp_path / 'work'}", "progress=false"], tmp_path)
+    m = r["loop"]["checkpoint"]
+    assert "large" not in r["loop"] and m["chunks"] >= 1 and m["gc_collections"] == 0
+    assert sum(e["steps"] for e in m["episodes"]) > 0 and m["controller"]["commands"] > 0
+    assert any("overruns (tick + env step > period)" in row.metric for row in rows)
+    assert "in the loop's thread" in md.read_text() and "on the runner's thread" in md.read_text()
 
 
 @pytest.mark.ros

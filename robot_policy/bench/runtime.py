@@ -4,17 +4,21 @@ and task success against injected inference delay per execution scheme.
 Parts (``parts=``):
 
 ``loop``   in process, real time: :class:`~robot_policy.runtime.loop.RealTimeLoop` at ``loop_hz`` ticks a
-           :class:`~robot_policy.runtime.controller.PolicyController` while the policy infers on the runner's
-           thread. The task's env runs in the same loop at its own control rate (every ``loop_hz /
-           control_hz``-th tick, after the controller's tick, as the ROS ``sim_robot_node`` steps at 20 Hz): it
-           follows the controller's commands (joint_trajectory_controller semantics) and its state, stamped
-           when read, is what the controller assembles; episodes reset between loop runs, outside the timed
-           loop. Measured: period error (tick start minus its absolute deadline), the controller tick's compute
-           against the period, overall and while an inference is in flight, and observation-to-command latency
-           (an observation's stamp to the first tick whose command holds its chunk). Once with the checkpoint
-           (``checkpoint=``), once with ``large_model`` built from its config with random weights (timing only:
-           its commands are nonsense and mostly refused by the safety filter, which does not change what the
-           loop has to do).
+           :class:`~robot_policy.runtime.controller.PolicyController`. The simulated robot
+           (:mod:`robot_policy.bench.sim_robot`) runs in a process of its own stepping the task's env at its
+           control rate, as the arm is a device of its own (``robot=process``; ``robot=loop`` steps it in the
+           loop's thread after the controller's tick): it follows the controller's commands
+           (joint_trajectory_controller semantics) and its states, stamped when read, are what the controller
+           assembles; episodes reset between loop runs, outside the timed loop. The policy infers in a process
+           of its own, loaded from the checkpoint (``inference=process``,
+           :class:`~robot_policy.runtime.process_runner.ProcessInferenceRunner`; ``inference=thread``: the
+           runner's thread in the loop's process, sharing its GIL). The loop collects garbage between ticks
+           only (``gc_control``) and runs under SCHED_FIFO (``rt_priority``), spinning the last ``spin_s``
+           before each deadline. Measured: period error (tick start minus its absolute deadline), the late
+           ticks by cause, the controller tick's compute against the period, overall and while an inference is
+           in flight, and observation-to-command latency (an observation's stamp to the first tick whose
+           command holds its chunk). Once with the checkpoint (``checkpoint=``), once with ``large_model``
+           built from its config with random weights (timing only: :class:`StandStill`).
 ``ros``    the same controller in the ROS 2 ``policy_node`` (an rclpy timer at ``loop_hz``) against the
            ``sim_robot_node``: :func:`robot_policy.pipelines.sil.run_sil`, in a process of its own, and the
            node's ``loop_timing`` from its eval.json (|interval between ticks - period|, the node's only view;
@@ -29,6 +33,7 @@ Parts (``parts=``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -36,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,21 +50,24 @@ import numpy as np
 import torch
 
 from robot_policy.bench.report import Row, check
+from robot_policy.bench.sim_robot import LoopRobot, SimRobotProcess, State
 from robot_policy.envs.base import ManipulationEnv
 from robot_policy.envs.registry import available_tasks, load_task_config, make_env
 from robot_policy.eval.stats import wilson_interval
-from robot_policy.keys import OBS_OBJECT, OBS_STATE
+from robot_policy.keys import OBS_STATE
 from robot_policy.paths import REPO_ROOT
 from robot_policy.pipelines.runtime_sim import SCHEMES, run_runtime_episode, scheme_config
 from robot_policy.policies.base import ActionChunk, Policy, observe, reset_policy
 from robot_policy.policies.diffusion import DiffusionPolicy
 from robot_policy.runtime.controller import ControllerConfig, PolicyController
 from robot_policy.runtime.loop import LoopTiming, RealTimeLoop
+from robot_policy.runtime.process_runner import ProcessInferenceRunner, serving_policy
 from robot_policy.runtime.robot_io import RobotInterface
 from robot_policy.runtime.runner import AsyncInferenceRunner, InferenceResult
-from robot_policy.runtime.trajectory import TimedTrajectory, TrajectoryFollower
 
 PARTS = ("loop", "ros", "delay")
+ROBOTS = ("process", "loop")
+INFERENCE = ("process", "thread")
 
 
 @dataclass
@@ -79,10 +88,21 @@ class RuntimeBenchConfig:
     large_model: str = "rdt_170m"
     #: loop: real seconds of control with ``large_model``
     large_loop_seconds: float = 20.0
-    #: loop: the last part of each wait spent spinning on the clock (s)
-    spin_s: float = 3e-4
+    #: loop: the last part of each wait spent spinning on the clock (s): under SCHED_FIFO the thread is then
+    #: already running at its deadline, however late the OS would have woken it
+    spin_s: float = 1e-3
     #: loop: the interpreter's GIL switch interval while the loop runs (s); null: CPython's 5 ms
     switch_interval_s: float | None = 5e-4
+    #: loop: where the simulated robot runs: process (its own, on its own clock) | loop (stepped in the loop's
+    #: thread after the controller's tick)
+    robot: str = "process"
+    #: loop: where the policy infers: process (its own, loaded from the checkpoint) | thread (of the loop's)
+    inference: str = "process"
+    #: loop: garbage collection between ticks only (RealTimeLoop's gc_control)
+    gc_control: bool = True
+    #: loop: SCHED_FIFO priority of the loop's thread (1-99, as ros2_control's; needs CAP_SYS_NICE or an rtprio
+    #: limit, else the run fails saying so); null: the OS's default scheduling
+    rt_priority: int | None = 50
     #: torch intra-op threads of this process's inference (and OMP_NUM_THREADS of the ROS nodes if unset)
     torch_threads: int = 1
     #: ros: episodes over ROS 2
@@ -122,6 +142,12 @@ class RuntimeBenchConfig:
         for name in self.parts:
             if name not in PARTS:
                 raise ValueError(f"parts: unknown {name!r}; valid: {', '.join(PARTS)}")
+        if self.robot not in ROBOTS:
+            raise ValueError(f"robot: unknown {self.robot!r}; valid: {', '.join(ROBOTS)}")
+        if self.inference not in INFERENCE:
+            raise ValueError(f"inference: unknown {self.inference!r}; valid: {', '.join(INFERENCE)}")
+        if self.rt_priority is not None and not 1 <= self.rt_priority <= 99:
+            raise ValueError(f"rt_priority: must be in 1..99 or null, got {self.rt_priority}")
         for name in self.schemes:
             if name not in SCHEMES:
                 raise ValueError(f"schemes: unknown {name!r}; valid: {', '.join(SCHEMES)}")
@@ -154,50 +180,63 @@ def _ms(seconds: list[float] | np.ndarray) -> dict[str, float]:
 # --- loop: in process, real time ----------------------------------------------------------------------
 
 
-class _RecordingRunner(AsyncInferenceRunner):
+class _RecordingRunner:
     """The controller's runner, remembering each result it hands over (observation-to-command latency)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, runner: AsyncInferenceRunner | ProcessInferenceRunner) -> None:
+        self.runner = runner
         self.delivered: list[InferenceResult] = []
 
+    @property
+    def busy(self) -> bool:
+        return self.runner.busy
+
+    def submit(self, obs: Any, obs_time: float, **kwargs: Any) -> bool:
+        return self.runner.submit(obs, obs_time, **kwargs)
+
     def poll(self) -> InferenceResult | None:
-        result = super().poll()
+        result = self.runner.poll()
         if result is not None:
             self.delivered.append(result)
         return result
 
+    def wait(self, timeout: float | None = None) -> InferenceResult | None:
+        return self.runner.wait(timeout)
+
+    def wait_idle(self, timeout: float | None = None) -> InferenceResult | None:
+        return self.runner.wait_idle(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.runner.close(timeout)
+
+
+Robot = LoopRobot | SimRobotProcess
+
 
 class _RealTimeEpisode:
-    """``fn(now)`` of the loop for one episode: the controller's tick, then the env's step when one is due.
-
-    The env steps at its control rate on the loop's clock, following the trajectories the controller sent,
-    and its new state goes to the controller's assembler stamped when it was read (after the step), as the
-    ROS sim robot publishes it. Per tick it records the tick's compute and whether an inference was in
-    flight; per delivered chunk, the observation-to-command latency.
+    """``fn(now)`` of the loop for one episode: the robot's new states to the controller's assembler, the
+    controller's tick, its command to the robot (and, for a :class:`LoopRobot`, the env's step when one is
+    due). Per tick it records the tick's compute and whether an inference was in flight; per delivered
+    chunk, the observation-to-command latency.
     """
 
-    def __init__(self, env: ManipulationEnv, controller: PolicyController, runner: _RecordingRunner,
-                 itf: RobotInterface, seed: int, stop: threading.Event) -> None:
-        self.env, self.controller, self.runner, self.itf, self.stop = env, controller, runner, itf, stop
-        self.clock = time.monotonic
-        obs, _ = env.reset(seed=seed)
-        self.follower = TrajectoryFollower(itf.arm_joints, env.embodiment.action.unified_to_flat(
-            env.current_unified_action()))
-        self.dt = 1.0 / env.task.control_hz
-        self._feed(obs)
-        self.steps, self.success = 0, False
-        self.next_step: float | None = None  # the first tick fixes the env's step schedule
+    def __init__(self, robot: Robot, controller: PolicyController, runner: _RecordingRunner, itf: RobotInterface,
+                 first: State, stop: threading.Event) -> None:
+        self.robot, self.controller, self.runner, self.itf, self.stop = robot, controller, runner, itf, stop
+        self._feed(first)
         self.tick_compute: list[float] = []
         self.busy: list[bool] = []
         self.obs_to_command: list[float] = []
         self._pending: InferenceResult | None = None
         self._seen = 0
 
-    def _feed(self, obs: dict[str, np.ndarray]) -> None:
-        self.controller.assembler.update_wire(self.itf.wire_state(obs[OBS_STATE]), obs.get(OBS_OBJECT), self.clock())
+    def _feed(self, state: State) -> None:
+        unified, obj, stamp = state
+        self.controller.assembler.update_wire(self.itf.wire_state(unified), obj, stamp)
 
     def __call__(self, now: float) -> None:
+        for state in self.robot.states():
+            self._feed(state)
         busy = self.runner.busy
         t0 = time.perf_counter()
         command = self.controller.tick(now)
@@ -207,40 +246,49 @@ class _RealTimeEpisode:
             self._seen = len(self.runner.delivered)
             self._pending = self.runner.delivered[-1]
         if command is not None:
-            for arm, index in self.itf.arm_joints.items():
-                self.follower.follow(arm, TimedTrajectory(command.times, command.positions[:, list(index)]))
+            self.robot.follow(command.times, command.positions)
             if self._pending is not None and not command.braking:
                 self.obs_to_command.append(now - self._pending.obs_time)
                 self._pending = None
-        if self.next_step is None:
-            self.next_step = now
-        # a tick is late by < 1 period: step on the first tick at or after the step's time
-        if now >= self.next_step - 1e-4 and not self.stop.is_set():
-            row = self.follower.command(now)
-            obs, _, terminated, truncated, info = self.env.step(
-                self.env.embodiment.action.flat_to_unified(row).astype(np.float32))
-            self._feed(obs)
-            self.steps += 1
-            self.next_step += self.dt
-            if terminated or truncated:
-                self.success = bool(info["success"])
-                self.stop.set()
+        self.robot.after_tick(now)
+        if self.robot.done:
+            self.stop.set()
 
 
-def realtime_control(env: ManipulationEnv, policy: Policy, cfg: RuntimeBenchConfig, seconds: float,
+def _runner(load: Callable[[], Any], cfg: RuntimeBenchConfig) -> tuple[Any, AsyncInferenceRunner | ProcessInferenceRunner]:
+    """``load()``'s policy (or its stand-in) and its runner: on a thread of this process or in a process of its
+    own (``cfg.inference``)."""
+    if cfg.inference == "process":
+        runner = ProcessInferenceRunner(load, torch_threads=cfg.torch_threads)
+        return runner.policy, runner
+    policy = load()
+    return policy, AsyncInferenceRunner(policy, torch_threads=cfg.torch_threads)
+
+
+def make_loop(cfg: RuntimeBenchConfig) -> RealTimeLoop:
+    """The loop part's :class:`RealTimeLoop`, as ``cfg`` sets it up."""
+    return RealTimeLoop(cfg.loop_hz, spin_s=cfg.spin_s, switch_interval_s=cfg.switch_interval_s,
+                        gc_control=cfg.gc_control, rt_priority=cfg.rt_priority)
+
+
+def realtime_control(robot: Robot, load: Callable[[], Any], cfg: RuntimeBenchConfig, seconds: float,
                      label: str) -> dict[str, Any]:
-    """``seconds`` of real-time control of ``env`` by ``policy`` through the controller at ``cfg.loop_hz``
-    (episodes from seed ``cfg.seed`` on, each a loop run; resets between runs are not timed)."""
-    itf = RobotInterface.from_embodiment(env.embodiment, env.object_state_dim)
-    runner = _RecordingRunner(policy, torch_threads=cfg.torch_threads)
+    """``seconds`` of real-time control of ``robot`` by ``load()``'s policy through the controller at
+    ``cfg.loop_hz`` (episodes from seed ``cfg.seed`` on, each a loop run; resets between runs are not
+    timed). ``load`` is called here (``cfg.inference=thread``) or in the inference process (``process``), so
+    it must pickle (a module-level function, or a partial of one)."""
+    itf = RobotInterface.from_embodiment(robot.embodiment, robot.object_state_dim)
+    policy, inner = _runner(load, cfg)
+    runner = _RecordingRunner(inner)
     controller = PolicyController(policy, itf, ControllerConfig(loop_hz=cfg.loop_hz), runner=runner)
-    loop = RealTimeLoop(cfg.loop_hz, spin_s=cfg.spin_s, switch_interval_s=cfg.switch_interval_s)
+    loop = make_loop(cfg)
     timings: list[LoopTiming] = []
     episodes: list[dict[str, Any]] = []
     tick_compute: list[float] = []
     busy: list[bool] = []
     obs_to_command: list[float] = []
     intervals: list[np.ndarray] = []  # |tick interval - period| within each run: the ROS node's measure
+    collections = 0
     from tqdm import tqdm
 
     bar = tqdm(total=seconds, desc=f"runtime loop {label}", unit="s", disable=not cfg.progress,
@@ -249,13 +297,18 @@ def realtime_control(env: ManipulationEnv, policy: Policy, cfg: RuntimeBenchConf
         controller.warm()
         done = 0.0
         while done < seconds - 1e-9:
+            seed = cfg.seed + len(episodes)
             stop = threading.Event()
-            episode = _RealTimeEpisode(env, controller, runner, itf, cfg.seed + len(episodes), stop)
-            controller.start(cfg.seed + len(episodes), time.monotonic())
-            run_s = min(seconds - done, env.task.max_steps / env.task.control_hz)
+            episode = _RealTimeEpisode(robot, controller, runner, itf, robot.reset(seed), stop)
+            now = time.monotonic()
+            controller.start(seed, now)
+            robot.start(now)
+            run_s = min(seconds - done, robot.max_steps / robot.control_hz)
             timing = loop.run(episode, duration_s=run_s, stop_event=stop)
+            outcome = robot.stop()
             controller.stop(time.monotonic())
             runner.wait_idle()  # the next episode's reset must not meet this one's inference
+            collections += loop.collections
             ran = max(len(timing.index), 1) / cfg.loop_hz
             done += ran
             bar.update(min(ran, seconds - bar.n))
@@ -264,7 +317,7 @@ def realtime_control(env: ManipulationEnv, policy: Policy, cfg: RuntimeBenchConf
             tick_compute += episode.tick_compute
             busy += episode.busy
             obs_to_command += episode.obs_to_command
-            episodes.append({"seed": cfg.seed + len(episodes), "steps": episode.steps, "success": episode.success,
+            episodes.append({"seed": seed, "steps": outcome.steps, "success": outcome.success,
                              "ticks": len(timing.index)})
         stats = controller.stats()
     finally:
@@ -276,6 +329,8 @@ def realtime_control(env: ManipulationEnv, policy: Policy, cfg: RuntimeBenchConf
     results = list(runner.delivered)
     return {
         "loop": timing.summary(),
+        "late_ticks": late_tick_causes(timing),
+        "gc_collections": collections,
         "interval_error": _ms(np.concatenate(intervals)),
         "tick_compute": _ms(compute),
         "periods_met": float(np.mean(compute < period)),
@@ -292,9 +347,19 @@ def realtime_control(env: ManipulationEnv, policy: Policy, cfg: RuntimeBenchConf
     }
 
 
-def large_policy(name: str, task: str, workdir: Path, seed: int = 0) -> DiffusionPolicy:
-    """Policy config ``name`` with random weights, conditioned as on ``task``, loaded the way a deployment
-    loads a checkpoint (a T5 text encoder is stood in for by fixed tokens: bench infer's choice)."""
+def late_tick_causes(timing: LoopTiming, late_s: float = 1e-3) -> dict[str, int]:
+    """Ticks that started more than ``late_s`` after their deadline, by cause: ``after_long_tick`` (the
+    previous tick, with what ran in it, ended within 50 us of this deadline or after it: the loop was busy)
+    or ``late_wakeup`` (the loop was waiting and woke late: the OS, the GIL, a collection)."""
+    late = np.nonzero(timing.period_errors > late_s)[0]
+    previous_end = np.r_[-np.inf, (timing.starts + timing.compute)[:-1]]
+    busy = int(np.sum(previous_end[late] > timing.deadlines[late] - 5e-5))
+    return {"late": len(late), "after_long_tick": busy, "late_wakeup": len(late) - busy}
+
+
+def large_checkpoint(name: str, task: str, out: Path, seed: int = 0) -> Path:
+    """Policy config ``name`` with random weights, conditioned as on ``task``, written as a checkpoint under
+    ``out`` (a T5 text encoder is stood in for by fixed tokens: bench infer's choice)."""
     from robot_policy.bench import infer
     from robot_policy.keys import OBS_STATE_MASK
     from robot_policy.models.rdt import RDTPolicyModel
@@ -304,12 +369,14 @@ def large_policy(name: str, task: str, workdir: Path, seed: int = 0) -> Diffusio
     torch.manual_seed(seed)
     model = RDTPolicyModel(config).eval()
     normalizer = infer.unit_normalizer(ti.object_state_dim, ti.obs[OBS_STATE_MASK], ti.action_mask)
-    workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"bench-runtime-{name}-", dir=workdir) as tmp:
-        path = infer.write_checkpoint(model, normalizer, ti, infer.language_table(config, ti.instruction, seed),
-                                      Path(tmp))
-        del model
-        return DiffusionPolicy.from_checkpoint(path)
+    return Path(infer.write_checkpoint(model, normalizer, ti, infer.language_table(config, ti.instruction, seed),
+                                       out))
+
+
+def standstill_policy(checkpoint: str) -> StandStill:
+    """The checkpoint's policy under :class:`StandStill` (module level: the inference process calls it)."""
+    policy = DiffusionPolicy.from_checkpoint(checkpoint)
+    return StandStill(policy, RobotInterface.from_embodiment(policy.embodiment))
 
 
 class StandStill:
@@ -320,7 +387,7 @@ class StandStill:
 
     def __init__(self, policy: DiffusionPolicy, interface: RobotInterface) -> None:
         self.policy, self.interface = policy, interface
-        self.horizon, self.execute_horizon = policy.horizon, policy.execute_horizon
+        self.horizon, self.execute_horizon, self.embodiment = policy.horizon, policy.execute_horizon, policy.embodiment
 
     def reset(self, seed: int = 0) -> None:
         reset_policy(self.policy, seed)
@@ -439,6 +506,31 @@ def plot_delay_sweep(sweep: dict[str, Any], path: Path, title: str) -> Path:
 # --- the bench --------------------------------------------------------------------------------------------
 
 
+def make_robot(cfg: RuntimeBenchConfig) -> Robot:
+    """The loop part's simulated robot, where ``cfg.robot`` puts it."""
+    if cfg.robot == "process":
+        return SimRobotProcess(cfg.task)
+    return LoopRobot(make_env(load_task_config(cfg.task)))
+
+
+def loop_part(cfg: RuntimeBenchConfig) -> dict[str, Any]:
+    """Real-time control with the checkpoint, then with ``cfg.large_model`` (random weights, StandStill)."""
+    robot = make_robot(cfg)
+    try:
+        out = {"checkpoint": realtime_control(robot, functools.partial(serving_policy, cfg.checkpoint), cfg,
+                                              cfg.loop_seconds, "checkpoint")}
+        if cfg.large_model:
+            Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=f"bench-runtime-{cfg.large_model}-", dir=cfg.workdir) as tmp:
+                path = large_checkpoint(cfg.large_model, cfg.task, Path(tmp))
+                out["large"] = {"model": cfg.large_model, "untrained": True,
+                                **realtime_control(robot, functools.partial(standstill_policy, str(path)), cfg,
+                                                   cfg.large_loop_seconds, cfg.large_model)}
+        return out
+    finally:
+        robot.close()
+
+
 def run_runtime_bench(cfg: RuntimeBenchConfig) -> dict[str, Any]:
     """Every part of ``cfg.parts``; torch's thread count is restored afterwards."""
     previous = torch.get_num_threads()
@@ -451,18 +543,7 @@ def run_runtime_bench(cfg: RuntimeBenchConfig) -> dict[str, Any]:
         policy = DiffusionPolicy.from_checkpoint(cfg.checkpoint)
         results["policy"] = {"horizon": policy.horizon, "execute_horizon": policy.execute_horizon}
         if "loop" in cfg.parts:
-            env = make_env(load_task_config(cfg.task))
-            try:
-                results["loop"] = {"checkpoint": realtime_control(env, policy, cfg, cfg.loop_seconds, "checkpoint")}
-                if cfg.large_model:
-                    itf = RobotInterface.from_embodiment(env.embodiment, env.object_state_dim)
-                    large = StandStill(large_policy(cfg.large_model, cfg.task, Path(cfg.workdir)), itf)
-                    results["loop"]["large"] = {"model": cfg.large_model, "untrained": True,
-                                                **realtime_control(env, large, cfg, cfg.large_loop_seconds,
-                                                                   cfg.large_model)}
-                    del large
-            finally:
-                env.close()
+            results["loop"] = loop_part(cfg)
         if "ros" in cfg.parts:
             results["ros"] = ros_control(cfg)
         if "delay" in cfg.parts:
@@ -514,8 +595,12 @@ def runtime_rows(r: dict[str, Any], cfg: RuntimeBenchConfig) -> list[Row]:
         rows.append(Row(f"in process, {name}: control periods met (controller tick < {period_ms:g} ms) while "
                         f"inferring (n={m['ticks_inferring']} ticks) / all ticks",
                         (f"{100 * met:.2f}%" if met is not None else "n/a") + f" / {100 * m['periods_met']:.2f}%"))
-        rows.append(Row(f"in process, {name}: overruns (tick + env step > period) / missed deadlines, of "
+        work = "tick + env step" if cfg.robot == "loop" else "tick"
+        rows.append(Row(f"in process, {name}: overruns ({work} > period) / missed deadlines, of "
                         f"{m['loop']['ticks']} ticks", f"{m['loop']['overruns']} / {m['loop']['missed_deadlines']}"))
+        late = m["late_ticks"]
+        rows.append(Row(f"in process, {name}: ticks > 1 ms late: after a long tick / woken late",
+                        f"{late['after_long_tick']} / {late['late_wakeup']}"))
         if key == "checkpoint":
             rows.append(Row(f"in process, {name}: observation to the first command with its chunk p50 / p99 (ms, "
                             f"n={m['obs_to_command']['n']})", _p(m["obs_to_command"])))
@@ -554,14 +639,21 @@ def runtime_notes(r: dict[str, Any], cfg: RuntimeBenchConfig) -> str:
               "under that load, not an idle core's.")]
     if "loop" in r:
         ck = r["loop"]["checkpoint"]
+        robot = ("in a process of its own, stepping on its own clock at its control rate" if cfg.robot == "process"
+                 else "in the loop's thread at its control rate after the controller's tick")
+        inference = ("in a process of its own (ProcessInferenceRunner, loaded from the checkpoint)"
+                     if cfg.inference == "process" else "on the runner's thread in the loop's process")
+        scheduling = f"SCHED_FIFO priority {cfg.rt_priority}" if cfg.rt_priority is not None else "default scheduling"
         parts.append(
             f"**In process**: `RealTimeLoop({cfg.loop_hz:g})` (absolute deadlines, sleep then spin the last "
-            f"{1e3 * cfg.spin_s:g} ms, GIL switch interval "
+            f"{1e3 * cfg.spin_s:g} ms, {scheduling}, garbage collected "
+            f"{'between ticks only' if cfg.gc_control else 'automatically'}, GIL switch interval "
             f"{'%g ms' % (1e3 * cfg.switch_interval_s) if cfg.switch_interval_s else 'CPython default'}) ticking "
-            f"`PolicyController(ControllerConfig(loop_hz={cfg.loop_hz:g}))` with `{cfg.checkpoint}` inferring on "
-            f"the runner's thread (chunk of {ck['horizon']}, execute {ck['execute_horizon']}, {ck['chunks']} chunks "
-            f"in {cfg.loop_seconds:g} s); the `{cfg.task}` env steps in the same loop at its control rate after the "
-            "controller's tick, following the commands, and its state stamped when read is the observation. "
+            f"`PolicyController(ControllerConfig(loop_hz={cfg.loop_hz:g}))` with `{cfg.checkpoint}` inferring "
+            f"{inference} (chunk of {ck['horizon']}, execute {ck['execute_horizon']}, {ck['chunks']} chunks "
+            f"in {cfg.loop_seconds:g} s); the `{cfg.task}` env runs {robot}, following the commands, and its "
+            "state stamped when read is the observation. A late tick (> 1 ms) came after a long tick if the one "
+            "before it ran to within 50 us of its deadline, else the loop was woken late. "
             "Observation to command: the observation's stamp to the first tick whose (non-braking) command holds "
             "the chunk inferred from it; inference = the same stamp to the chunk being available.")
         if "large" in r["loop"]:
