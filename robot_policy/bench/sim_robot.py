@@ -16,19 +16,18 @@ when it is read, after the step. Times are seconds of ``time.monotonic`` (shared
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
 import numpy as np
 
 from robot_policy.envs.base import ManipulationEnv
 from robot_policy.envs.registry import load_task_config, make_env
 from robot_policy.keys import OBS_OBJECT, OBS_STATE
+from robot_policy.runtime.process_runner import SpawnedWorker
 from robot_policy.runtime.robot_io import RobotInterface
 from robot_policy.runtime.trajectory import TimedTrajectory, TrajectoryFollower
 
@@ -178,50 +177,32 @@ class SimRobotProcess:
     """The task's env in a spawned process on its own clock (module docstring)."""
 
     def __init__(self, task: str, start_timeout_s: float = 120.0) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child, task), name=f"sim-robot-{task}", daemon=True)
-        self._process.start()
-        child.close()
+        self._worker = SpawnedWorker(_serve, (task,), f"sim-robot-{task}", start_timeout_s)
         self._done = False
-        try:
-            if not self._conn.poll(start_timeout_s):
-                raise RuntimeError(f"SimRobotProcess: {task} not ready after {start_timeout_s} s")
-            kind, info = self._recv()
-            if kind != "ready":
-                raise RuntimeError(f"SimRobotProcess: making {task} failed:\n{info}")
-        except BaseException:
-            self.close()
-            raise
+        info = self._worker.info
         self.embodiment, self.object_state_dim = info["embodiment"], info["object_state_dim"]
         self.control_hz, self.max_steps = info["control_hz"], info["max_steps"]
-
-    def _recv(self) -> tuple[Any, ...]:
-        try:
-            return self._conn.recv()  # type: ignore[no-any-return]
-        except EOFError as e:
-            raise RuntimeError(f"SimRobotProcess: the robot process died (exit code {self._process.exitcode})") from e
 
     def reset(self, seed: int) -> State:
         """Reset to ``seed`` (blocks); the first state."""
         self._done = False
-        self._conn.send(("reset", seed))
-        while (message := self._recv())[0] != "state":
+        self._worker.send(("reset", seed))
+        while (message := self._worker.recv())[0] != "state":
             pass  # a state or "done" of the previous episode still in the pipe
         return message[1], message[2], message[3]
 
     def start(self, t0: float) -> None:
         """Step at t0, t0 + dt, ... until the episode ends or :meth:`stop`."""
-        self._conn.send(("start", t0))
+        self._worker.send(("start", t0))
 
     def follow(self, times: np.ndarray, positions: np.ndarray) -> None:
-        self._conn.send(("follow", times, positions))
+        self._worker.send(("follow", times, positions))
 
     def states(self) -> list[State]:
         """The states that arrived since the last call (never blocks)."""
         out: list[State] = []
-        while self._conn.poll():
-            message = self._recv()
+        while self._worker.poll():
+            message = self._worker.recv()
             if message[0] == "state":
                 out.append((message[1], message[2], message[3]))
             elif message[0] == "done":
@@ -238,18 +219,10 @@ class SimRobotProcess:
 
     def stop(self) -> Outcome:
         """Stop stepping (blocks); the episode's outcome."""
-        self._conn.send(("stop",))
-        while (message := self._recv())[0] != "stopped":
+        self._worker.send(("stop",))
+        while (message := self._worker.recv())[0] != "stopped":
             pass
         return message[1]  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        try:
-            self._conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-        self._process.join(10.0)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5.0)
-        self._conn.close()
+        self._worker.close(timeout=10.0)

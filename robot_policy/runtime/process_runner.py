@@ -96,6 +96,68 @@ def _serve(conn: Connection, load: Callable[[], Any], torch_threads: int | None,
                 conn.send(("error", traceback.format_exc()))
 
 
+class SpawnedWorker:
+    """A spawned process and this side of its pipe. The worker's first message is ``("ready", info)`` (kept
+    as :attr:`info`) or ``("error", text)``; ``None`` sent to it asks it to exit.
+
+    Args:
+        target, args: the worker function (module level: spawn imports it) and its arguments after the pipe.
+        name: the process's name, and the prefix of every error.
+        start_timeout_s: how long the worker may take to be ready.
+        error: the exception type raised for the worker's failures.
+    """
+
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], name: str, start_timeout_s: float,
+                 error: type[Exception] = RuntimeError) -> None:
+        self.name, self.error = name, error
+        ctx = multiprocessing.get_context("spawn")  # fork would copy this process's threads' locks
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+        self._process.start()
+        child.close()
+        self.closed = False
+        try:
+            if not self._conn.poll(start_timeout_s):
+                raise error(f"{name}: not ready after {start_timeout_s} s")
+            kind, info = self.recv()
+            if kind != "ready":
+                raise error(f"{name}: the worker failed {info}")
+        except BaseException:
+            self.close(timeout=5.0)
+            raise
+        self.info: Any = info
+
+    def send(self, message: Any) -> None:
+        if self.closed:
+            raise RuntimeError(f"{self.name}: used after close")
+        self._conn.send(message)
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether a message is waiting (after up to ``timeout`` s; None: until one is)."""
+        return self._conn.poll(timeout)
+
+    def recv(self) -> tuple[Any, ...]:
+        try:
+            return self._conn.recv()  # type: ignore[no-any-return]
+        except EOFError as e:
+            raise self.error(f"{self.name}: the worker died (exit code {self._process.exitcode})") from e
+
+    def close(self, timeout: float | None = None) -> None:
+        """Ask the worker to exit (it finishes what it is doing first) and join it; terminated if it has not
+        exited after ``timeout`` s. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass  # already gone
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5.0)
+        self._conn.close()
+
+
 class RemotePolicy:
     """This process's stand-in for the policy in a :class:`ProcessInferenceRunner`'s worker."""
 
@@ -106,16 +168,16 @@ class RemotePolicy:
         self.embodiment = info["embodiment"]
 
     def reset(self, seed: int = 0) -> None:
-        self._runner._send(("reset", seed))
+        self._runner.worker.send(("reset", seed))
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
-        self._runner._send(("observe", obs))
+        self._runner.worker.send(("observe", obs))
 
     def predict_chunk(self, obs: dict[str, np.ndarray], **kwargs: Any) -> ActionChunk:
         """A blocking inference (warm-up); not while the runner has one out."""
         if self._runner.busy:
             raise RuntimeError("RemotePolicy.predict_chunk: the runner has an inference out")
-        self._runner._send(("call", obs, 0.0, kwargs))
+        self._runner.worker.send(("call", obs, 0.0, kwargs))
         item = self._runner._get(None)
         if isinstance(item, BaseException):
             raise item
@@ -142,22 +204,9 @@ class ProcessInferenceRunner(WorkerRunner):
         if torch_threads is not None and torch_threads < 1:
             raise ValueError(f"torch_threads: must be >= 1, got {torch_threads}")
         super().__init__()
-        ctx = multiprocessing.get_context("spawn")  # fork would copy this process's threads' locks
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, name="policy-inference", daemon=True,
-                                    args=(child, load, torch_threads, injected_delay_s))
-        self._process.start()
-        child.close()
-        try:
-            if not self._conn.poll(start_timeout_s):
-                raise InferenceProcessError(f"ProcessInferenceRunner: the policy not loaded after {start_timeout_s} s")
-            kind, payload = self._recv()
-            if kind != "ready":
-                raise InferenceProcessError(f"ProcessInferenceRunner: the worker failed {payload}")
-        except BaseException:
-            self.close(timeout=5.0)
-            raise
-        self.policy = RemotePolicy(self, payload)
+        self.worker = SpawnedWorker(_serve, (load, torch_threads, injected_delay_s), "policy-inference",
+                                    start_timeout_s, InferenceProcessError)
+        self.policy = RemotePolicy(self, self.worker.info)
 
     @classmethod
     def from_path(cls, path: str, *, backend: str | None = None, embodiment: str | None = None,
@@ -170,25 +219,13 @@ class ProcessInferenceRunner(WorkerRunner):
         """The wire layout of the policy's embodiment (what ``load_serving_policy`` returns beside it)."""
         return RobotInterface.from_embodiment(self.policy.embodiment, object_state_dim, joint_names)
 
-    def _send(self, message: Any) -> None:
-        if self._closed:
-            raise RuntimeError("ProcessInferenceRunner: used after close")
-        self._conn.send(message)
-
-    def _recv(self) -> tuple[Any, ...]:
-        try:
-            return self._conn.recv()  # type: ignore[no-any-return]
-        except EOFError as e:
-            raise InferenceProcessError(f"ProcessInferenceRunner: the worker died "
-                                        f"(exit code {self._process.exitcode})") from e
-
     def _put(self, job: _Job) -> None:
-        self._send(("infer", job.obs, job.obs_time, job.kwargs))
+        self.worker.send(("infer", job.obs, job.obs_time, job.kwargs))
 
     def _get(self, timeout: float | None) -> InferenceResult | BaseException | None:
-        if not self._conn.poll(timeout):
+        if not self.worker.poll(timeout):
             return None
-        kind, *payload = self._recv()
+        kind, *payload = self.worker.recv()
         if kind == "error":
             return InferenceProcessError(f"ProcessInferenceRunner: inference failed in the worker:\n{payload[0]}")
         (unified, mask, timestamps, execute_horizon), obs_time, started, finished = payload
@@ -198,14 +235,5 @@ class ProcessInferenceRunner(WorkerRunner):
     def close(self, timeout: float | None = None) -> None:
         """Stop the worker (an inference in progress finishes first) and join it; terminated if it has not
         exited after ``timeout`` s. Idempotent."""
-        if not self._closed:
-            self._closed = True
-            try:
-                self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass  # already gone
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5.0)
-        self._conn.close()
+        self._closed = True
+        self.worker.close(timeout)
