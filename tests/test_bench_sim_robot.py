@@ -52,6 +52,11 @@ def test_the_robot_process_resets_like_the_env_steps_by_itself_and_follows_comma
         reached = itf.wire_state(moved[-1][0]).position
         assert abs(reached[0] - target[0]) < 0.05 < abs(q[0] - target[0])
         np.testing.assert_allclose(reached[1:7], q[1:7], atol=0.05)  # the rest of that arm held
+        # a reset while it steps: the reset's state comes back, not one of the old episode still in the pipe
+        robot.start(time.monotonic())
+        assert len(_wait_for_states(robot, 1)) >= 1
+        time.sleep(0.2)  # more states in flight, unread
+        np.testing.assert_array_equal(robot.reset(5)[0], expected[0])
     finally:
         robot.close()
         env.close()

@@ -154,7 +154,7 @@ def _serve(conn: Connection, task: str) -> None:
                     sim.follow(*args)
                 elif kind == "reset":
                     next_step = None
-                    conn.send(("state", *sim.reset(args[0])))
+                    conn.send(("reset", *sim.reset(args[0])))
                 elif kind == "start":
                     next_step = args[0]
                 else:  # "stop"
@@ -187,7 +187,7 @@ class SimRobotProcess:
         """Reset to ``seed`` (blocks); the first state."""
         self._done = False
         self._worker.send(("reset", seed))
-        while (message := self._worker.recv())[0] != "state":
+        while (message := self._worker.recv())[0] != "reset":
             pass  # a state or "done" of the previous episode still in the pipe
         return message[1], message[2], message[3]
 
