@@ -43,7 +43,7 @@ from robot_policy.algorithms.distill import (
     same_noise_mse,
     student_sampler,
 )
-from robot_policy.algorithms.distill_states import TARGET, StoreWindows, WindowBank
+from robot_policy.algorithms.distill_states import NOISE, TARGET, StoreWindows, WindowBank
 from robot_policy.cli.main import main as cli_main
 from robot_policy.envs.registry import load_task_config, make_env
 from robot_policy.keys import OBS_OBJECT, OBS_STATE
@@ -410,7 +410,8 @@ def test_residual_teacher_is_distilled_into_one_student(base_ckpt: Path, tmp_pat
     algo = ResidualPPO(ResidualPPOConfig(), base, num_envs=1, seed=0)
     teacher = write_composite(tmp_path / "ppo", "residual_ppo", algo, base)
     run = tmp_path / "run"
-    assert cli_main(distill_args(teacher, run, "successes_only=false", "eval_episodes=0")) == 0
+    assert cli_main(distill_args(teacher, run, "successes_only=false", "residual_same_noise=false",
+                                 "eval_episodes=0")) == 0
     meta = ckpt.load_config(ckpt.latest_checkpoint(run))  # type: ignore[arg-type]
     assert not is_composite(meta) and meta["distill"]["config"]["loss"] == "regress_actions"
     assert meta["distill"]["teacher"]["kind"] == "residual"
@@ -426,9 +427,25 @@ def test_residual_teacher_is_distilled_into_one_student(base_ckpt: Path, tmp_pat
         obs, _ = env.reset(seed=30_000_000)
         composite.reset(30_000_000)
         first = composite.base.to_normalized(composite.predict_chunk(obs).unified[0])
+        first_noise = composite.planned_noise  # the noise of the chunk planned on the first step
     finally:
         env.close()
     torch.testing.assert_close(target[0, 0], first)
+    # same_noise (the default): only the steps where the base planned a chunk, each with the noise it planned
+    # from (the composite's seeded draw), and the same targets as the every-step bank's rows at those steps
+    from robot_policy.envs.registry import load_task_config
+    from robot_policy.pipelines.distill_teacher import load_teacher, residual_rollout_windows
+
+    task40 = load_task_config(TASK, max_steps=40)
+    chunked, _ = residual_rollout_windows(load_teacher(teacher, task40, None, None), task40, [30_000_000],
+                                          successes_only=False)
+    assert chunked is not None
+    E = composite.execute_horizon
+    starts = list(range(0, 40, E))
+    assert len(chunked) == len(starts) and chunked.tensors[NOISE].shape == (len(starts), *target.shape[1:])
+    torch.testing.assert_close(chunked.tensors[TARGET], target[starts])
+    assert first_noise is not None
+    torch.testing.assert_close(chunked.tensors[NOISE][:1], first_noise)
     assert cli_main(distill_args(teacher, tmp_path / "refused", "eval_episodes=0")) == 1  # no success: refused
     assert not ckpt.latest_checkpoint(tmp_path / "refused")
     shutil.rmtree(tmp_path / "refused", ignore_errors=True)

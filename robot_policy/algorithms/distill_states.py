@@ -40,6 +40,9 @@ INPUT_KEYS = (fmt.STATE, OBS_STATE_MASK, ACTION_MASK, CTRL_FREQ, LANGUAGE_ID, fm
               CAMERA_PRESENT)
 #: a bank's target chunks (B, Ta, 128), normalised
 TARGET = "target"
+#: a bank's initial noise (B, Ta, 128): for a residual teacher's windows at its chunk starts, the noise its base
+#: planned that chunk from, so the student regresses a function of (observation, w) (same-noise regression)
+NOISE = "noise"
 
 #: (rollout, due envs (N,) bool) -> their initial noise (k, Ta, 128)
 NoiseChooser = Callable[[VectorRollout, np.ndarray], Tensor]
@@ -116,7 +119,7 @@ class WindowBank:
     def from_batches(cls, batches: Sequence[dict[str, Tensor]]) -> WindowBank:
         if not batches:
             raise ValueError("no windows to bank")
-        return cls({k: torch.cat([b[k] for b in batches]) for k in batches[0] if k in (*INPUT_KEYS, TARGET)})
+        return cls({k: torch.cat([b[k] for b in batches]) for k in batches[0] if k in (*INPUT_KEYS, TARGET, NOISE)})
 
     def save(self, path: str | Path, meta: dict[str, Any]) -> None:
         """Write the windows as safetensors, ``meta`` (JSON) in its header; atomically (temp + rename)."""
@@ -154,7 +157,7 @@ class WindowMixture:
             parts.append(self.sources[int(s)][pairs[rows, 1]])
             order.append(rows)
         keys = set.intersection(*(set(p) for p in parts))
-        wanted = (*INPUT_KEYS, TARGET)
+        wanted = (*INPUT_KEYS, TARGET, NOISE)
         partial = {k for p in parts for k in p if k in wanted} - keys
         if partial:  # a model input some sources give and others lack would vanish from the batch silently
             raise KeyError(f"window sources disagree on the inputs {sorted(partial)}: every source (demonstration "

@@ -52,7 +52,7 @@ from robot_policy.algorithms.distill import (
     student_sampler,
     warm_started_student,
 )
-from robot_policy.algorithms.distill_states import TARGET, WindowMixture
+from robot_policy.algorithms.distill_states import NOISE, TARGET, WindowMixture
 from robot_policy.envs.base import TaskConfig
 from robot_policy.eval.harness import EvalConfig, evaluate
 from robot_policy.models import checkpoint as ckpt
@@ -99,6 +99,11 @@ class DistillRunConfig:
     actor_noise_fraction: float = 0.5
     #: residual teacher only: distil its successful episodes only (ResiP); false = every episode
     successes_only: bool = True
+    #: residual teacher only: keep the windows where its base planned a chunk, each with the noise it planned
+    #: from, and regress the executed chunk from that same noise: the target is then a function of
+    #: (observation, w). false = every step's window with fresh noise, where the student can only learn the
+    #: mean over the base's noise of what follows (measured: 10% on tuning seeds against the teacher's 82%)
+    residual_same_noise: bool = True
     #: actions per chunk the loss counts and the student executes; null = the teacher's own
     execute_horizon: int | None = None
     #: optimisation steps
@@ -343,6 +348,8 @@ def _batch(run: _Run, mixture: WindowMixture, seed: int, step: int) -> DistillBa
     if run.teacher.kind == "noise_actor" and run.cfg.actor_noise_fraction > 0:
         k = round(run.cfg.actor_noise_fraction * B)  # the first k rows: the noise the deployed actor chooses
         noise[:k] = actor_noise(run.teacher, {key: v[:k] for key, v in windows.items()})
+    if NOISE in windows:  # a residual teacher's chunk starts: the noise its base planned from
+        noise = windows[NOISE].to(noise.dtype)
     targets = windows.get(TARGET)
     return DistillBatch(inputs, noise.to(run.device), g, run.execute_horizon,
                         None if targets is None else targets.to(run.device))

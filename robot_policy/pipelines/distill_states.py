@@ -91,6 +91,7 @@ def rollout_bank(cfg: DistillRunConfig, task: TaskConfig, teacher: Teacher, run_
     key = json.loads(json.dumps({"teacher": teacher.content_hash, "episodes": cfg.rollout_episodes,
                                  "seed": cfg.rollout_seed, "execute_horizon": execute_horizon,
                                  "successes_only": cfg.successes_only,
+                                 "residual_same_noise": cfg.residual_same_noise,
                                  "task": dataclasses.asdict(task)}, default=str))
     if path.exists():
         bank, meta = WindowBank.load(path)
@@ -101,7 +102,8 @@ def rollout_bank(cfg: DistillRunConfig, task: TaskConfig, teacher: Teacher, run_
                              "cannot be resumed as it was")
     seeds = range(cfg.rollout_seed, cfg.rollout_seed + cfg.rollout_episodes)
     if teacher.kind == "residual":
-        found, results = residual_rollout_windows(teacher, task, seeds, cfg.successes_only, cfg.progress)
+        found, results = residual_rollout_windows(teacher, task, seeds, cfg.successes_only, cfg.progress,
+                                                  same_noise=cfg.residual_same_noise)
         if found is None:
             raise RuntimeError(f"the residual teacher succeeded in none of its {len(results)} rollouts (seeds "
                                f"{seeds.start}..{seeds.stop - 1}): nothing to distil (successes_only=false "

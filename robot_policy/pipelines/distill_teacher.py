@@ -9,7 +9,9 @@ Three kinds, by the checkpoint's format:
   then writes a composite pairing the same actor with the student (:func:`write_student_composite`).
 * ``residual`` (a residual-PPO composite): ResiP's teacher-student. The composite's successful rollouts
   become windows with target chunks (the normalised actions it executed from each step on); the student,
-  warm-started from the base, regresses them, so the deployed policy needs no residual.
+  warm-started from the base, regresses them, so the deployed policy needs no residual. By default only
+  the windows where the base planned a chunk are kept, each with the noise it planned from, so the
+  regression is a same-noise one (``residual_same_noise``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from robot_policy.algorithms.distill_states import TARGET, NoiseChooser, WindowBank
+from robot_policy.algorithms.distill_states import NOISE, TARGET, NoiseChooser, WindowBank
 from robot_policy.algorithms.vector_rollout import VectorRollout
 from robot_policy.data import format as fmt
 from robot_policy.envs.base import TaskConfig
@@ -125,11 +127,18 @@ def actor_noise(teacher: Teacher, batch: dict[str, Tensor]) -> Tensor:
 
 
 def residual_rollout_windows(teacher: Teacher, task: TaskConfig, seeds: Iterable[int], successes_only: bool = True,
-                             progress: bool = False) -> tuple[WindowBank | None, list[tuple[int, bool, int]]]:
+                             progress: bool = False,
+                             same_noise: bool = True) -> tuple[WindowBank | None, list[tuple[int, bool, int]]]:
     """Run the residual composite on ``seeds`` (one env, one episode per seed); returns the windows of its
     successful episodes (every episode unless ``successes_only``) with their target chunks (B, Ta, 128), the
     normalised actions executed from each window's step on (edge-padded at the episode's end, as training
-    windows are), and (seed, success, length) per episode. The bank is None when no episode was kept."""
+    windows are), and (seed, success, length) per episode. The bank is None when no episode was kept.
+
+    ``same_noise``: only the windows of the steps where the base planned a chunk, each with the noise w it
+    planned from (``NOISE``, (B, Ta, 128)). The executed chunk is then a function of (observation, w): the
+    base's chunk from w plus the residual's corrections along the episode. Every step's window with fresh noise
+    instead (false) asks the student for the mean over the base's noise of what follows, a blend of the
+    chunks different noise would have planned."""
     composite = teacher.composite
     if not isinstance(composite, ResidualComposite):
         raise TypeError(f"{teacher.path} is not a residual composite")
@@ -143,12 +152,15 @@ def residual_rollout_windows(teacher: Teacher, task: TaskConfig, seeds: Iterable
             obs, _ = env.reset(seed=seed)
             composite.reset(seed)
             history = base.new_history()
-            windows, actions = [], []
+            windows, actions, starts, noises = [], [], [], []
             done, info = False, dict[str, Any]()
             while not done:
                 history.add(obs)
                 windows.append(history.as_batch())
                 action = composite.predict_chunk(obs).unified[0]  # (128,) one action per step
+                if composite.planned_noise is not None:
+                    starts.append(len(actions))
+                    noises.append(composite.planned_noise)
                 actions.append(base.to_normalized(action))
                 obs, _, terminated, truncated, info = env.step(action)
                 done = bool(terminated or truncated)
@@ -159,6 +171,9 @@ def residual_rollout_windows(teacher: Teacher, task: TaskConfig, seeds: Iterable
                 idx = torch.clamp(torch.arange(len(acts))[:, None] + torch.arange(horizon), max=len(acts) - 1)
                 episode = {k: torch.cat([w[k] for w in windows]) for k in windows[0]}
                 episode[TARGET] = acts[idx]  # (L, Ta, 128)
+                if same_noise:
+                    episode = {k: v[starts] for k, v in episode.items()}
+                    episode[NOISE] = torch.cat(noises)  # (chunks, Ta, 128)
                 kept.append(episode)
     finally:
         env.close()

@@ -85,18 +85,23 @@ class ResidualComposite(_Composite):
         self.scale = scale
         self.used = torch.as_tensor(base.used_action_slots)
         self._queue: list[torch.Tensor] = []
+        #: the initial noise (1, Ta, 128) of the base chunk planned on the latest step, None if none was
+        self.planned_noise: torch.Tensor | None = None
 
     def reset(self, seed: int = 0) -> None:
         super().reset(seed)
         self._queue = []
+        self.planned_noise = None
 
     def base_action(self, obs: dict[str, np.ndarray]) -> torch.Tensor:
         """Observe ``obs`` and pop the base's next normalised action (1, 128), planning a chunk when due."""
         self._history.add(obs)
+        self.planned_noise = None
         if not self._queue:
             noise = torch.randn(1, self.base.horizon, UNIFIED_DIM, generator=self._generator)
             chunk = self.base.sample(self._history.as_batch(), noise, generator=self._generator)[0]
             self._queue = list(chunk[:self.execute_horizon])
+            self.planned_noise = noise
         return self._queue.pop(0)[None]
 
     @torch.no_grad()
