@@ -475,3 +475,19 @@ def test_sigint_saves_the_finished_step_and_resume_continues(base_ckpt: Path, tm
     resumed = args[:4] + [f"train_steps={stopped_at + 2}"] + args[5:] + ["resume=true"]
     assert cli_main(resumed) == 0
     assert [r["step"] for r in metrics(out)] == list(range(1, stopped_at + 3))
+
+
+def test_resume_takes_an_option_added_since_the_checkpoint_as_its_default() -> None:
+    """A checkpoint written before an option existed ran with that option's default: resuming with the
+    default is allowed, with another value refused (naming the option)."""
+    import dataclasses as dc
+
+    from robot_policy.pipelines.distill import DistillRunConfig, _check_resumable
+
+    run = dc.asdict(DistillRunConfig(teacher="t", out="o"))
+    current = {"distill": {"teacher": {"content_hash": "h"}, "config": {}, "states": {}, "task": {}, "run": run}}
+    older = {"distill": {**current["distill"], "run": {k: v for k, v in run.items() if k != "residual_same_noise"}}}
+    _check_resumable(older, current)
+    changed = {"distill": {**current["distill"], "run": {**run, "residual_same_noise": False}}}
+    with pytest.raises(ValueError, match="residual_same_noise: checkpoint True, now False"):
+        _check_resumable(older, changed)

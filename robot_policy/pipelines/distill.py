@@ -302,9 +302,13 @@ def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     for key in ("config", "states", "task"):
         if old.get(key) != new[key]:
             problems.append(f"{key}: checkpoint {old.get(key)!r}, now {new[key]!r}")
-    for key in sorted(set(old.get("run", {})) | set(new["run"])):
-        if key not in _RESUME_MAY_CHANGE and old.get("run", {}).get(key) != new["run"].get(key):
-            problems.append(f"{key}: checkpoint {old.get('run', {}).get(key)!r}, now {new['run'].get(key)!r}")
+    # an option the checkpoint lacks was added since it was written: it ran with that option's default
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillRunConfig)
+                if f.default is not dataclasses.MISSING}
+    saved_run = {**{k: v for k, v in defaults.items() if k not in old.get("run", {})}, **old.get("run", {})}
+    for key in sorted(set(saved_run) | set(new["run"])):
+        if key not in _RESUME_MAY_CHANGE and saved_run.get(key) != new["run"].get(key):
+            problems.append(f"{key}: checkpoint {saved_run.get(key)!r}, now {new['run'].get(key)!r}")
     if problems:
         raise ValueError("cannot resume: the run differs from its checkpoint (start a new out= instead):\n  "
                          + "\n  ".join(problems))

@@ -88,11 +88,12 @@ def rollout_bank(cfg: DistillRunConfig, task: TaskConfig, teacher: Teacher, run_
     """The teacher's rollout windows: loaded from ``out/rollout_states.safetensors`` when it was made by the
     same teacher on the same seeds, else rolled out (and saved there)."""
     path = run_dir / ROLLOUT_STATES
-    key = json.loads(json.dumps({"teacher": teacher.content_hash, "episodes": cfg.rollout_episodes,
-                                 "seed": cfg.rollout_seed, "execute_horizon": execute_horizon,
-                                 "successes_only": cfg.successes_only,
-                                 "residual_same_noise": cfg.residual_same_noise,
-                                 "task": dataclasses.asdict(task)}, default=str))
+    key_fields = {"teacher": teacher.content_hash, "episodes": cfg.rollout_episodes, "seed": cfg.rollout_seed,
+                  "execute_horizon": execute_horizon, "successes_only": cfg.successes_only,
+                  "task": dataclasses.asdict(task)}
+    if teacher.kind == "residual":  # only its windows depend on it (and older runs' keys lack it)
+        key_fields["residual_same_noise"] = cfg.residual_same_noise
+    key = json.loads(json.dumps(key_fields, default=str))
     if path.exists():
         bank, meta = WindowBank.load(path)
         if meta.get("key") == key:
