@@ -152,7 +152,10 @@ def residual_rollout_windows(teacher: Teacher, task: TaskConfig, seeds: Iterable
             obs, _ = env.reset(seed=seed)
             composite.reset(seed)
             history = base.new_history()
-            windows, actions, starts, noises = [], [], [], []
+            windows: list[dict[str, Tensor]] = []
+            actions: list[Tensor] = []  # normalised (128,) per step
+            starts: list[int] = []  # steps where the base planned a chunk
+            noises: list[Tensor] = []  # (1, Ta, 128) the noise of each of those chunks
             done, info = False, dict[str, Any]()
             while not done:
                 history.add(obs)
