@@ -11,7 +11,7 @@ TORCH  := torch==2.13.0
 # libusb for pyrealsense2.
 DEB_PACKAGES := libosmesa6 libusb-1.0-0 libegl1
 # The whole suite, slow tests (tiny end-to-end runs) included; gpu/ros/hardware tests skip themselves where
-# the thing is missing. A fresh clone's `bash .ci/run` took 17 min 14 s on 2 shared cores (656 tests; 807 s of
+# the thing is missing. A fresh clone's `bash .ci/run` took 8 min 22 s on 2 quiet cores (656 tests; 378 s of
 # tests), setup with the ROS 2 wheels and colcon included (README.md).
 PYTEST_ARGS ?= -m "not gpu and not hardware" -n 2
 # Real ROS 2 Kilted (rclpy over Fast DDS) from PyPI wheels, into the same venv after torch (../shared/ROS2.md);
