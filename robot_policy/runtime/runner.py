@@ -33,6 +33,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -101,7 +102,7 @@ class InferenceRunner(Protocol):
     def close(self, timeout: float | None = None) -> None: ...
 
 
-class WorkerRunner:
+class WorkerRunner(ABC):
     """The bookkeeping of a runner whose worker (a thread, a process) takes one job at a time: at most one
     submitted and not yet collected, results and the worker's exceptions handed over once. Subclasses move
     the job to the worker (:meth:`_put`) and the worker's answer back (:meth:`_get`)."""
@@ -111,12 +112,13 @@ class WorkerRunner:
         self._outstanding = False
         self._closed = False
 
+    @abstractmethod
     def _put(self, job: _Job) -> None:
-        raise NotImplementedError
+        """Hand ``job`` to the worker."""
 
+    @abstractmethod
     def _get(self, timeout: float | None) -> InferenceResult | BaseException | None:
         """The worker's answer, waiting up to ``timeout`` s (0: do not wait; None: forever); None if none."""
-        raise NotImplementedError
 
     @property
     def busy(self) -> bool:
@@ -168,8 +170,9 @@ class WorkerRunner:
             raise item
         return item
 
+    @abstractmethod
     def close(self, timeout: float | None = None) -> None:
-        raise NotImplementedError
+        """Stop the worker, waiting up to ``timeout`` s; later submits raise."""
 
     def __enter__(self) -> Self:
         return self
