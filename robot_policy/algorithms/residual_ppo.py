@@ -208,10 +208,9 @@ class ResidualPPO:
                 episodes.append((int(step.finished_seed[i]), bool(step.success[i]), int(step.finished_length[i])))
         batch = {k: torch.stack(v) for k, v in buf.items()}
         feats, a_base, _ = self._inputs(rollout)
+        last_value = self.critic(self._critic_features(feats, rollout), a_base)
         batch["advantages"], batch["returns"] = compute_gae(batch["reward"], batch["value"], batch["done"],
-                                                            self.critic(self._critic_features(feats, rollout), a_base),
-                                                            self.cfg.gamma,
-                                                            self.cfg.gae_lambda)
+                                                            last_value, self.cfg.gamma, self.cfg.gae_lambda)
         return batch, episodes
 
     # ---- update ---------------------------------------------------------------------------------
