@@ -136,7 +136,12 @@ def test_bench_infer_backend_table_end_to_end(tmp_path: Path) -> None:
         ddpm = b["chunks"]["DDPM-100"]
         assert ddpm["extrapolated"]["calls"] == b["denoiser_call"]["n"] and ddpm["p99_ms"] is None
         assert ddpm["full_chunks"]["n"] == 1 and ddpm["p50_ms"] > ddpm["without_denoiser"]["p50_ms"]
-        assert b["chunks"]["student-1 (DDIM-1)"]["n"] >= 2 and b["chunks"]["student-1 (DDIM-1)"]["p99_ms"] > 0
+        # the same for the full-depth student: on loaded cores its 1-call chunk can pass 5 ms (seen in CI beside RL)
+        student = b["chunks"]["student-1 (DDIM-1)"]
+        if "extrapolated" in student:
+            assert student["extrapolated"]["calls"] == b["denoiser_call"]["n"]
+        else:
+            assert student["n"] >= 2 and student["p99_ms"] > 0
         assert b["batched"]["student-1 (DDIM-1)@4"]["batch"] == 4 and b["batched"]["student-1 (DDIM-1)@4"]["n"] >= 2
     if not torch.cuda.is_available():
         assert m["backends"]["tensorrt"]["status"].startswith(bb.NO_TENSORRT)
